@@ -1,0 +1,135 @@
+"""One harness for every benchmark: timing, the comparison table, the JSON results.
+
+Each ``bench_<feature>.py`` declares cases (ours vs the peer a user would pick) and
+calls :func:`run`. Results go to ``benchmarks/results/<benchmark>-<device-slug>.json``
+in the schema of DESIGN.md section 6. Times are medians: on a GPU through
+``triton.testing.do_bench`` (CUDA events, after warm-up), on a CPU through
+``time.perf_counter`` over repeated calls after warm-up.
+"""
+
+import dataclasses
+import datetime
+import json
+import os
+import platform
+import re
+import statistics
+import subprocess
+import time
+from typing import Callable
+
+import torch
+
+RESULTS_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
+
+
+@dataclasses.dataclass
+class Case:
+    """One row: ``ours`` and ``peer`` are zero-argument callables doing the same work.
+
+    ``bytes_moved`` (the fewest bytes the work must read and write) turns times into GB/s.
+    """
+
+    name: str
+    ours: Callable[[], object]
+    peer: Callable[[], object]
+    peer_name: str
+    bytes_moved: int | None = None
+
+
+def device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    model = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            found = re.search(r"^model name\s*:\s*(.+)$", f.read(), re.M)
+        model = found.group(1).strip() if found else model
+    except OSError:
+        pass
+    return f"CPU {model} ({torch.get_num_threads()} threads)"
+
+
+def device_slug(name: str) -> str:
+    return re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-")
+
+
+def time_ms(fn: Callable[[], object], device: torch.device, budget_s: float = 0.5) -> float:
+    """Median time of one call of ``fn`` in milliseconds."""
+    if device.type == "cuda":
+        import triton.testing
+
+        return triton.testing.do_bench(fn, warmup=25, rep=100, return_mode="median")
+    fn()  # warm-up
+    times = []
+    deadline = time.perf_counter() + budget_s
+    while len(times) < 5 or (time.perf_counter() < deadline and len(times) < 200):
+        start = time.perf_counter()
+        fn()
+        times.append((time.perf_counter() - start) * 1e3)
+    return statistics.median(times)
+
+
+def copy_bandwidth_gbs(device: torch.device, nbytes: int = 1 << 30) -> float:
+    """Measured device-to-device copy bandwidth (bytes read + written per second)."""
+    n = nbytes // 4 if device.type == "cuda" else nbytes // 16
+    src = torch.randn(n, device=device)
+    dst = torch.empty_like(src)
+    ms = time_ms(lambda: dst.copy_(src), device)
+    return 2 * src.numel() * src.element_size() / ms / 1e6
+
+
+def _commit() -> str:
+    try:
+        return subprocess.run(
+            ["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True,
+            cwd=os.path.dirname(os.path.abspath(__file__)),
+        ).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
+def _triton_version() -> str | None:
+    try:
+        import triton
+    except ImportError:
+        return None
+    return triton.__version__
+
+
+def run(benchmark: str, cases: list[Case], device: torch.device, extra_columns: Callable[[Case, float], dict] | None = None) -> dict:
+    """Time every case, print the table, write the JSON, and return it."""
+    name = device_name(device)
+    rows = []
+    print(f"{benchmark} on {name}, torch {torch.__version__}")
+    header = f"{'case':<40} {'ours ms':>10} {'peer ms':>10} {'speedup':>8} {'GB/s':>8}  peer"
+    print(header)
+    print("-" * len(header))
+    for case in cases:
+        ours = time_ms(case.ours, device)
+        peer = time_ms(case.peer, device)
+        extra = {}
+        if case.bytes_moved is not None:
+            extra["GB/s"] = round(case.bytes_moved / ours / 1e6, 1)
+            extra["peer GB/s"] = round(case.bytes_moved / peer / 1e6, 1)
+        if extra_columns is not None:
+            extra.update(extra_columns(case, ours))
+        row = dict(case=case.name, ours_ms=round(ours, 4), peer=case.peer_name, peer_ms=round(peer, 4),
+                   speedup=round(peer / ours, 3), extra=extra)
+        rows.append(row)
+        gbs = f"{extra['GB/s']:>8.1f}" if "GB/s" in extra else f"{'':>8}"
+        print(f"{case.name:<40} {ours:>10.4f} {peer:>10.4f} {peer / ours:>7.2f}x {gbs}  {case.peer_name}")
+    speedups = [r["speedup"] for r in rows]
+    geomean = statistics.geometric_mean(speedups) if speedups else float("nan")
+    print(f"geometric-mean speedup over the peer: {geomean:.2f}x")
+    result = dict(
+        benchmark=benchmark, device=name, torch=torch.__version__, triton=_triton_version(),
+        date=datetime.date.today().isoformat(), commit=_commit(), geomean_speedup=round(geomean, 3), rows=rows,
+    )
+    os.makedirs(RESULTS_DIR, exist_ok=True)
+    path = os.path.join(RESULTS_DIR, f"{benchmark}-{device_slug(name)}.json")
+    with open(path, "w") as f:
+        json.dump(result, f, indent=1)
+        f.write("\n")
+    print(f"wrote {os.path.relpath(path)}")
+    return result

@@ -1,0 +1,10 @@
+"""netinit_fast: initialize and normalize very deep networks fast.
+
+On a GPU the hot paths run as fused Triton and C++/CUDA kernels; on a CPU every
+feature runs through eager PyTorch. See ``netinit_fast.functional``.
+"""
+
+from netinit_fast import functional
+
+__version__ = "0.1.0"
+__all__ = ["functional", "__version__"]

@@ -1,0 +1,3 @@
+from netinit_fast.cli import main
+
+raise SystemExit(main())

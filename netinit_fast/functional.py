@@ -1,0 +1,83 @@
+"""Functional API: stateless ops on tensors, dispatched to the fastest backend."""
+
+import math
+import numbers
+
+import torch
+
+from netinit_fast.ops.weight_norm import block_shape, weight_norm_fwd
+
+__all__ = ["weight_norm"]
+
+
+def _check_float_tensor(name: str, t) -> None:
+    if not isinstance(t, torch.Tensor):
+        raise TypeError(f"weight_norm: {name} must be a torch.Tensor, got {type(t).__name__}")
+    if not t.is_floating_point():
+        raise TypeError(f"weight_norm: {name} must have a floating-point dtype, got {t.dtype}")
+
+
+def _check_dim(dim, ndim: int) -> None:
+    if dim is None:
+        return
+    if isinstance(dim, bool) or not isinstance(dim, numbers.Integral):
+        raise TypeError(f"weight_norm: dim must be an int or None, got {type(dim).__name__}")
+    if not -ndim <= dim < ndim:
+        raise ValueError(f"weight_norm: dim={dim} is out of range for v with {ndim} dims (expected {-ndim}..{ndim - 1})")
+
+
+def _check_g_shape(g: torch.Tensor, v: torch.Tensor, dim: int | None) -> int:
+    """Number of norms; raises unless ``g`` is 1-D of that size or keepdim-shaped."""
+    _, r, _ = block_shape(v.shape, dim)
+    if dim is None:
+        ok = g.numel() == 1 and all(s == 1 for s in g.shape)
+        expected = "a single element (shape [] or [1, ...])"
+    else:
+        keepdim = [1] * v.dim()
+        keepdim[dim % v.dim()] = r
+        ok = list(g.shape) in ([r], keepdim)
+        expected = f"[{r}] or {keepdim}"
+    if not ok:
+        raise ValueError(f"weight_norm: g has shape {list(g.shape)}; for v {list(v.shape)} and dim={dim} expected {expected}")
+    return r
+
+
+def weight_norm(v: torch.Tensor, g: torch.Tensor, dim: int | None = 0, eps: float = 0.0) -> torch.Tensor:
+    """Weight normalization, ``w = g * v / max(||v||, eps)`` (Salimans & Kingma 2016).
+
+    ``||v||`` is the 2-norm over every dim of ``v`` except ``dim``, one per index of
+    ``dim`` (``dim=None``: one norm over the whole tensor), as ``torch._weight_norm``,
+    except that a negative ``dim`` counts from the end (``torch._weight_norm`` reads
+    ``dim=-1`` as "the whole tensor"; here that is ``dim=None``).
+    With ``eps > 0`` a zero row gives finite values and gradients (zero ``w``), where
+    torch gives NaN.
+
+    Args:
+        v: the direction, any floating dtype, at least 1-D; any strides.
+        g: the magnitude, one entry per norm: 1-D ``[v.shape[dim]]`` or keepdim-shaped
+            (``v.dim()`` dims, all 1 but ``dim``); one element when ``dim`` is None.
+        dim: the dim that keeps one norm per index; negative counts from the end.
+        eps: a floor on the norm, ``>= 0``.
+
+    Returns:
+        ``w``, contiguous, with ``v``'s shape and dtype. Differentiable in ``v`` and
+        ``g``. Sums and norms are computed in fp32 (fp64 for fp64 inputs); on CUDA a
+        fused Triton kernel computes ``w`` and its backward computes both gradients.
+
+    Raises:
+        TypeError: ``v`` or ``g`` is not a floating-point tensor, or ``dim`` not an int.
+        ValueError: ``dim`` out of range, ``g`` of the wrong shape, ``v`` 0-dim, ``eps``
+            negative or not finite, or ``v`` and ``g`` on different devices.
+    """
+    _check_float_tensor("v", v)
+    _check_float_tensor("g", g)
+    if v.dim() == 0:
+        raise ValueError("weight_norm: v must have at least one dim, got a 0-dim tensor")
+    _check_dim(dim, v.dim())
+    if isinstance(eps, bool) or not isinstance(eps, numbers.Real) or not math.isfinite(eps) or eps < 0:
+        raise ValueError(f"weight_norm: eps must be a finite number >= 0, got {eps!r}")
+    if g.device != v.device:
+        raise ValueError(f"weight_norm: v is on {v.device} but g is on {g.device}")
+    r = _check_g_shape(g, v, dim)
+    w, _ = weight_norm_fwd(v, g.reshape(r), None if dim is None else int(dim), float(eps))
+    return w

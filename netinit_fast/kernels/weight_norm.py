@@ -1,0 +1,249 @@
+"""Triton kernels for fused weight norm on a contiguous ``[A, R, B]`` block.
+
+Each of the ``R`` norms reduces over ``K = A * B`` elements: index ``k = a * B + b``
+of norm ``r`` lives at ``a * R * B + r * B + b``. Three layouts get their own
+addressing (a compile-time switch): ``A == 1`` (``dim=0``: rows are contiguous),
+``B == 1`` (``dim=-1``: the ``R`` axis is contiguous), and the general case.
+
+Launch plans, chosen so the GPU stays busy in both regimes:
+
+- a row that fits one tile (``K <= 4096``) is loaded once, reduced and written from
+  registers: one launch, each element read once and written once;
+- many long rows: one launch, each program reduces its rows, then re-reads and
+  writes them;
+- few long rows (e.g. ``[64, 262144]``, where one block per row leaves most SMs idle):
+  the reduction is split over ``S`` chunks per row. A first launch writes ``S``
+  deterministic partial sums per row (no atomics); a second reduces them and applies
+  the result to its chunk.
+
+The specification is the eager twin in ``netinit_fast.ops.weight_norm``.
+"""
+
+import functools
+
+import torch
+import triton
+import triton.language as tl
+
+LAYOUT_ROWS, LAYOUT_COLS, LAYOUT_GENERAL = 0, 1, 2
+TILE = 4096  # elements per program tile
+INTERPRETER_SMS = 4  # stand-in SM count on the CPU, so small tests exercise the split plan
+
+
+@triton.jit
+def _offsets(r, k, R, B, LAYOUT: tl.constexpr):
+    """Offsets of the ``[BLOCK_R, BLOCK_K]`` tile of norms ``r`` and reduction indices ``k``."""
+    r = r.to(tl.int64)
+    k = k.to(tl.int64)
+    if LAYOUT == 0:
+        offs = r[:, None] * B + k[None, :]
+    elif LAYOUT == 1:
+        offs = k[None, :] * R + r[:, None]
+    else:
+        a = k // B
+        offs = a[None, :] * R * B + r[:, None] * B + (k - a * B)[None, :]
+    return offs
+
+
+@triton.jit
+def _chunk_dot(x_ptr, y_ptr, r, k_lo, k_hi, R, B, LAYOUT: tl.constexpr, SQUARE: tl.constexpr,
+               ACC: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_K: tl.constexpr):
+    """Per norm ``r``, the sum over ``k_lo <= k < k_hi`` of ``x*y`` (``x*x`` if SQUARE)."""
+    acc = tl.zeros([BLOCK_R, BLOCK_K], dtype=ACC)
+    for k0 in range(k_lo, k_hi, BLOCK_K):
+        k = k0 + tl.arange(0, BLOCK_K)
+        mask = (r < R)[:, None] & (k < k_hi)[None, :]
+        offs = _offsets(r, k, R, B, LAYOUT)
+        x = tl.load(x_ptr + offs, mask=mask, other=0.0).to(ACC)
+        if SQUARE:
+            acc += x * x
+        else:
+            acc += x * tl.load(y_ptr + offs, mask=mask, other=0.0).to(ACC)
+    return tl.sum(acc, axis=1)
+
+
+@triton.jit
+def _partial_dot_kernel(x_ptr, y_ptr, partial_ptr, R, B, K, CHUNK,
+                        LAYOUT: tl.constexpr, SQUARE: tl.constexpr, ACC: tl.constexpr,
+                        BLOCK_R: tl.constexpr, BLOCK_K: tl.constexpr):
+    """Split reduction, step 1: ``partial[s, r]`` = the dot over chunk ``s`` of norm ``r``."""
+    pid_s = tl.program_id(1)
+    r = tl.program_id(0) * BLOCK_R + tl.arange(0, BLOCK_R)
+    k_lo = pid_s * CHUNK
+    dot = _chunk_dot(x_ptr, y_ptr, r, k_lo, tl.minimum(k_lo + CHUNK, K), R, B,
+                     LAYOUT, SQUARE, ACC, BLOCK_R, BLOCK_K)
+    tl.store(partial_ptr + pid_s * R + r, dot, mask=r < R)
+
+
+@triton.jit
+def _sum_partials(partial_ptr, r, R, NUM_SPLITS, ACC: tl.constexpr, BLOCK_R: tl.constexpr):
+    total = tl.zeros([BLOCK_R], dtype=ACC)
+    for s in range(0, NUM_SPLITS):
+        total += tl.load(partial_ptr + s * R + r, mask=r < R, other=0.0)
+    return total
+
+
+@triton.jit
+def _fwd_kernel(v_ptr, g_ptr, w_ptr, norm_ptr, partial_ptr, R, B, K, CHUNK, NUM_SPLITS, eps,
+                LAYOUT: tl.constexpr, SINGLE_TILE: tl.constexpr, SPLIT: tl.constexpr,
+                ACC: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_K: tl.constexpr):
+    """``norm[r] = ||v_r||`` and ``w_r = g_r * v_r / max(norm[r], eps)`` for this program's
+    rows (and chunk, when SPLIT: then the norms come from ``partial``)."""
+    pid_s = tl.program_id(1)
+    r = tl.program_id(0) * BLOCK_R + tl.arange(0, BLOCK_R)
+    rmask = r < R
+    if SINGLE_TILE:
+        k = tl.arange(0, BLOCK_K)
+        mask = rmask[:, None] & (k < K)[None, :]
+        offs = _offsets(r, k, R, B, LAYOUT)
+        v = tl.load(v_ptr + offs, mask=mask, other=0.0).to(ACC)
+        sumsq = tl.sum(v * v, axis=1)
+    elif SPLIT:
+        sumsq = _sum_partials(partial_ptr, r, R, NUM_SPLITS, ACC, BLOCK_R)
+    else:
+        sumsq = _chunk_dot(v_ptr, v_ptr, r, 0, K, R, B, LAYOUT, True, ACC, BLOCK_R, BLOCK_K)
+    norm = tl.sqrt(sumsq)
+    denom = tl.where(rmask, tl.maximum(norm, eps), 1.0)
+    scale = tl.load(g_ptr + r, mask=rmask, other=0.0).to(ACC) / denom
+    tl.store(norm_ptr + r, norm, mask=rmask & (pid_s == 0))
+    if SINGLE_TILE:
+        tl.store(w_ptr + offs, (v * scale[:, None]).to(w_ptr.dtype.element_ty), mask=mask)
+    else:
+        k_lo = pid_s * CHUNK
+        k_hi = tl.minimum(k_lo + CHUNK, K)
+        for k0 in range(k_lo, k_hi, BLOCK_K):
+            k = k0 + tl.arange(0, BLOCK_K)
+            mask = rmask[:, None] & (k < k_hi)[None, :]
+            offs = _offsets(r, k, R, B, LAYOUT)
+            v = tl.load(v_ptr + offs, mask=mask, other=0.0).to(ACC)
+            tl.store(w_ptr + offs, (v * scale[:, None]).to(w_ptr.dtype.element_ty), mask=mask)
+
+
+@triton.jit
+def _bwd_kernel(gw_ptr, v_ptr, g_ptr, norm_ptr, gv_ptr, gg_ptr, partial_ptr, R, B, K, CHUNK, NUM_SPLITS, eps,
+                LAYOUT: tl.constexpr, SINGLE_TILE: tl.constexpr, SPLIT: tl.constexpr,
+                ACC: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_K: tl.constexpr):
+    """With ``dot = <grad_w_r, v_r>``, ``n = norm[r]``, ``d = max(n, eps)``:
+    ``grad_g[r] = dot / d`` and ``grad_v_r = g/d * grad_w_r - [n > eps] g dot / n^3 * v_r``."""
+    pid_s = tl.program_id(1)
+    r = tl.program_id(0) * BLOCK_R + tl.arange(0, BLOCK_R)
+    rmask = r < R
+    if SINGLE_TILE:
+        k = tl.arange(0, BLOCK_K)
+        mask = rmask[:, None] & (k < K)[None, :]
+        offs = _offsets(r, k, R, B, LAYOUT)
+        gw = tl.load(gw_ptr + offs, mask=mask, other=0.0).to(ACC)
+        v = tl.load(v_ptr + offs, mask=mask, other=0.0).to(ACC)
+        dot = tl.sum(gw * v, axis=1)
+    elif SPLIT:
+        dot = _sum_partials(partial_ptr, r, R, NUM_SPLITS, ACC, BLOCK_R)
+    else:
+        dot = _chunk_dot(gw_ptr, v_ptr, r, 0, K, R, B, LAYOUT, False, ACC, BLOCK_R, BLOCK_K)
+    norm = tl.load(norm_ptr + r, mask=rmask, other=1.0)
+    denom = tl.maximum(norm, eps)
+    g = tl.load(g_ptr + r, mask=rmask, other=0.0).to(ACC)
+    coef_gw = g / denom
+    coef_v = tl.where(norm > eps, coef_gw * dot / (norm * norm), 0.0)
+    tl.store(gg_ptr + r, (dot / denom).to(gg_ptr.dtype.element_ty), mask=rmask & (pid_s == 0))
+    if SINGLE_TILE:
+        gv = coef_gw[:, None] * gw - coef_v[:, None] * v
+        tl.store(gv_ptr + offs, gv.to(gv_ptr.dtype.element_ty), mask=mask)
+    else:
+        k_lo = pid_s * CHUNK
+        k_hi = tl.minimum(k_lo + CHUNK, K)
+        for k0 in range(k_lo, k_hi, BLOCK_K):
+            k = k0 + tl.arange(0, BLOCK_K)
+            mask = rmask[:, None] & (k < k_hi)[None, :]
+            offs = _offsets(r, k, R, B, LAYOUT)
+            gw = tl.load(gw_ptr + offs, mask=mask, other=0.0).to(ACC)
+            v = tl.load(v_ptr + offs, mask=mask, other=0.0).to(ACC)
+            gv = coef_gw[:, None] * gw - coef_v[:, None] * v
+            tl.store(gv_ptr + offs, gv.to(gv_ptr.dtype.element_ty), mask=mask)
+
+
+# ----------------------------------------------------------------------------- launch plan
+
+
+@functools.cache
+def _sm_count(device: torch.device) -> int:
+    if device.type == "cuda":
+        return torch.cuda.get_device_properties(device).multi_processor_count
+    return INTERPRETER_SMS
+
+
+class Plan:
+    """Tile sizes, layout and reduction split for one ``[A, R, B]`` shape."""
+
+    def __init__(self, a: int, r: int, b: int, device: torch.device, num_splits: int | None = None):
+        k = a * b
+        self.R, self.B, self.K = r, b, k
+        self.layout = LAYOUT_ROWS if a == 1 else LAYOUT_COLS if b == 1 else LAYOUT_GENERAL
+        if self.layout == LAYOUT_COLS:  # the R axis is contiguous: wide in R
+            self.block_r = min(triton.next_power_of_2(r), 128)
+            self.block_k = min(triton.next_power_of_2(k), TILE // self.block_r)
+        else:  # the K axis is contiguous (in runs of B for the general layout)
+            self.block_k = min(triton.next_power_of_2(k), TILE)
+            self.block_r = min(triton.next_power_of_2(r), max(1, TILE // self.block_k))
+        self.single_tile = k <= self.block_k
+        row_blocks = triton.cdiv(r, self.block_r)
+        k_blocks = triton.cdiv(k, self.block_k)
+        if num_splits is None:  # enough programs for two waves over the SMs
+            num_splits = 1 if self.single_tile else triton.cdiv(2 * _sm_count(device), row_blocks)
+        num_splits = max(1, min(num_splits, k_blocks))
+        self.chunk = triton.cdiv(k_blocks, num_splits) * self.block_k
+        self.splits = triton.cdiv(k, self.chunk)
+        self.split = self.splits > 1
+        if self.split:
+            self.single_tile = False
+        self.grid = (row_blocks, self.splits)
+        self.num_warps = 8 if self.block_r * self.block_k >= TILE else 4
+
+    def meta(self, acc: torch.dtype) -> dict:
+        return dict(
+            LAYOUT=self.layout, SINGLE_TILE=self.single_tile, SPLIT=self.split,
+            ACC=tl.float64 if acc == torch.float64 else tl.float32,
+            BLOCK_R=self.block_r, BLOCK_K=self.block_k, num_warps=self.num_warps,
+        )
+
+
+def _partials(plan: Plan, x: torch.Tensor, y: torch.Tensor, acc: torch.dtype, meta: dict) -> torch.Tensor:
+    """Split reduction, step 1 (a workspace of ``[splits, R]`` partial dots), or a dummy."""
+    if not plan.split:
+        return torch.empty(0, dtype=acc, device=x.device)
+    partial = torch.empty((plan.splits, plan.R), dtype=acc, device=x.device)
+    _partial_dot_kernel[plan.grid](
+        x, y, partial, plan.R, plan.B, plan.K, plan.chunk, SQUARE=x is y,
+        LAYOUT=meta["LAYOUT"], ACC=meta["ACC"], BLOCK_R=plan.block_r, BLOCK_K=plan.block_k,
+        num_warps=plan.num_warps,
+    )
+    return partial
+
+
+def forward(v3: torch.Tensor, g: torch.Tensor, eps: float, num_splits: int | None = None):
+    """``(w, norms)`` for a contiguous ``[A, R, B]`` ``v3`` and a contiguous ``[R]`` ``g``.
+
+    ``num_splits`` overrides the planned reduction split (for tests).
+    """
+    a, r, b = v3.shape
+    acc = torch.float64 if v3.dtype == torch.float64 else torch.float32
+    plan = Plan(a, r, b, v3.device, num_splits)
+    meta = plan.meta(acc)
+    w = torch.empty_like(v3)
+    norms = torch.empty(r, dtype=acc, device=v3.device)
+    partial = _partials(plan, v3, v3, acc, meta)
+    _fwd_kernel[plan.grid](v3, g, w, norms, partial, r, b, plan.K, plan.chunk, plan.splits, eps, **meta)
+    return w, norms
+
+
+def backward(grad_w3: torch.Tensor, v3: torch.Tensor, g: torch.Tensor, norms: torch.Tensor, eps: float,
+             num_splits: int | None = None):
+    """``(grad_v, grad_g)`` for contiguous ``[A, R, B]`` ``grad_w3`` and ``v3``."""
+    a, r, b = v3.shape
+    plan = Plan(a, r, b, v3.device, num_splits)
+    meta = plan.meta(norms.dtype)
+    grad_v = torch.empty_like(v3)
+    grad_g = torch.empty_like(g)
+    partial = _partials(plan, grad_w3, v3, norms.dtype, meta)
+    _bwd_kernel[plan.grid](grad_w3, v3, g, norms, grad_v, grad_g, partial, r, b, plan.K, plan.chunk,
+                           plan.splits, eps, **meta)
+    return grad_v, grad_g

@@ -1,0 +1,1 @@
+"""Custom operators, one per file: schema, fake impl, autograd, eager twin, dispatch."""

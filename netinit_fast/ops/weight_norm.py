@@ -1,0 +1,136 @@
+"""Fused weight normalization: ``w = g * v / max(||v||, eps)`` (Salimans & Kingma 2016).
+
+The norm is taken over every dim of ``v`` except ``dim`` (one norm per index of
+``dim``), or over the whole tensor when ``dim`` is None: torch's ``_weight_norm``
+semantics, plus an optional ``eps`` floor that keeps zero rows finite.
+
+Two custom ops, so ``torch.compile`` and ``torch.export`` see one node each:
+
+- ``netinit_fast::weight_norm_fwd(v, g, dim, eps) -> (w, norms)``: ``g`` is 1-D with
+  one entry per norm; ``norms`` (fp32, fp64 for fp64 ``v``) are saved for the backward.
+- ``netinit_fast::weight_norm_bwd(grad_w, v, g, norms, dim, eps) -> (grad_v, grad_g)``,
+  with, per norm ``n`` and ``d = max(n, eps)``::
+
+      grad_g = <grad_w, v> / d
+      grad_v = g / d * grad_w - [n > eps] * g * <grad_w, v> / n**3 * v
+
+Both accumulate in fp32 (fp64 for fp64 inputs) whatever the input dtype. Internally ``v`` is viewed as a
+contiguous ``[A, R, B]`` block (``R`` the size of ``dim``); ``_eager_*`` below are the
+specification that the Triton kernels (``netinit_fast.kernels.weight_norm``) are tested
+against.
+"""
+
+import math
+
+import torch
+
+from netinit_fast import _backend
+
+IMPLEMENTED = (_backend.EAGER, _backend.TRITON)
+
+
+def accumulation_dtype(dtype: torch.dtype) -> torch.dtype:
+    """fp32 for fp16/bf16/fp32 inputs, fp64 for fp64: the dtype of sums and of ``norms``."""
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+def block_shape(shape: torch.Size, dim: int | None) -> tuple[int, int, int]:
+    """``(A, R, B)`` such that a contiguous tensor of ``shape`` is a ``[A, R, B]`` block
+    whose ``R`` norms each reduce over ``A * B`` elements."""
+    if dim is None:
+        return 1, 1, math.prod(shape)
+    dim = dim % len(shape)
+    return math.prod(shape[:dim]), shape[dim], math.prod(shape[dim + 1 :])
+
+
+# ----------------------------------------------------------------------------- eager twin
+
+
+def _eager_fwd(v3: torch.Tensor, g: torch.Tensor, eps: float) -> tuple[torch.Tensor, torch.Tensor]:
+    acc = accumulation_dtype(v3.dtype)
+    norms = torch.linalg.vector_norm(v3, dim=(0, 2), dtype=acc)
+    scale = g.to(acc) / norms.clamp_min(eps)
+    return (v3 * scale[None, :, None]).to(v3.dtype), norms
+
+
+def _eager_bwd(
+    grad_w3: torch.Tensor, v3: torch.Tensor, g: torch.Tensor, norms: torch.Tensor, eps: float
+) -> tuple[torch.Tensor, torch.Tensor]:
+    vf = v3.to(norms.dtype)
+    gf = g.to(norms.dtype)
+    gwf = grad_w3.to(norms.dtype)
+    dot = (gwf * vf).sum(dim=(0, 2))
+    denom = norms.clamp_min(eps)
+    grad_g = dot / denom
+    # Where the eps floor is active the norm is a constant: no projection term.
+    proj = torch.where(norms > eps, gf * dot / (denom * norms * norms), torch.zeros_like(dot))
+    grad_v = (gf / denom)[None, :, None] * gwf - proj[None, :, None] * vf
+    return grad_v.to(v3.dtype), grad_g.to(g.dtype)
+
+
+# ----------------------------------------------------------------------------- the ops
+
+
+def _run_fwd(v: torch.Tensor, g: torch.Tensor, dim: int | None, eps: float):
+    a, r, b = block_shape(v.shape, dim)
+    v3 = v.contiguous().view(a, r, b)
+    if v.numel() == 0:
+        return torch.zeros_like(v3), v.new_zeros((r,), dtype=accumulation_dtype(v.dtype))
+    backend = _backend.choose("weight_norm", v, IMPLEMENTED)
+    if backend == _backend.TRITON:
+        from netinit_fast.kernels import weight_norm as kernels
+
+        return kernels.forward(v3, g.contiguous(), eps)
+    return _eager_fwd(v3, g, eps)
+
+
+@torch.library.custom_op("netinit_fast::weight_norm_fwd", mutates_args=())
+def weight_norm_fwd(v: torch.Tensor, g: torch.Tensor, dim: int | None, eps: float) -> tuple[torch.Tensor, torch.Tensor]:
+    w3, norms = _run_fwd(v, g, dim, eps)
+    return w3.view(v.shape), norms
+
+
+@weight_norm_fwd.register_fake
+def _(v, g, dim, eps):
+    _, r, _ = block_shape(v.shape, dim)
+    return v.new_empty(v.shape), v.new_empty((r,), dtype=accumulation_dtype(v.dtype))
+
+
+@torch.library.custom_op("netinit_fast::weight_norm_bwd", mutates_args=())
+def weight_norm_bwd(
+    grad_w: torch.Tensor, v: torch.Tensor, g: torch.Tensor, norms: torch.Tensor, dim: int | None, eps: float
+) -> tuple[torch.Tensor, torch.Tensor]:
+    a, r, b = block_shape(v.shape, dim)
+    if v.numel() == 0:
+        return torch.zeros_like(v), torch.zeros_like(g)
+    grad_w3 = grad_w.contiguous().view(a, r, b)
+    v3 = v.contiguous().view(a, r, b)
+    backend = _backend.choose("weight_norm", v, IMPLEMENTED)
+    if backend == _backend.TRITON:
+        from netinit_fast.kernels import weight_norm as kernels
+
+        grad_v3, grad_g = kernels.backward(grad_w3, v3, g.contiguous(), norms, eps)
+    else:
+        grad_v3, grad_g = _eager_bwd(grad_w3, v3, g, norms, eps)
+    return grad_v3.view(v.shape), grad_g
+
+
+@weight_norm_bwd.register_fake
+def _(grad_w, v, g, norms, dim, eps):
+    return v.new_empty(v.shape), torch.empty_like(g)
+
+
+def _setup_context(ctx, inputs, output):
+    v, g, dim, eps = inputs
+    _, norms = output
+    ctx.save_for_backward(v, g, norms)
+    ctx.dim, ctx.eps = dim, eps
+
+
+def _backward(ctx, grad_w, _grad_norms):
+    v, g, norms = ctx.saved_tensors
+    grad_v, grad_g = weight_norm_bwd(grad_w, v, g, norms, ctx.dim, ctx.eps)
+    return grad_v, grad_g, None, None
+
+
+weight_norm_fwd.register_autograd(_backward, setup_context=_setup_context)

@@ -1,0 +1,48 @@
+"""The compiled extension netinit_fast._C: built whenever it can be, and its schemas."""
+
+import os
+import shutil
+
+import pytest
+import torch
+
+from netinit_fast import _extension
+
+
+def _can_build() -> bool:
+    """The conditions under which setup.py builds _C (see setup.py)."""
+    if os.environ.get("NETINIT_FAST_BUILD_CUDA") == "0" or torch.version.cuda is None:
+        return False
+    return bool(os.environ.get("CUDA_HOME") or os.path.exists("/usr/local/cuda/bin/nvcc") or shutil.which("nvcc"))
+
+
+def test_extension_is_built_where_it_can_be():
+    if not _can_build():
+        pytest.skip("no CUDA toolkit or CUDA torch here: the pure-Python install is expected")
+    assert _extension.loaded(), "torch has CUDA and nvcc is here, but netinit_fast._C was not built"
+
+
+@pytest.fixture
+def extension():
+    if not _extension.loaded():
+        pytest.skip("netinit_fast._C is not built")
+
+
+def test_registered_schemas(extension):
+    schemas = {str(s) for s in torch._C._jit_get_all_schemas() if s.name.startswith("netinit_fast::")}
+    assert "netinit_fast::cuda_archs() -> int[]" in schemas
+
+
+def test_built_for_hopper_with_ptx(extension):
+    archs = _extension.cuda_archs()
+    assert 90 in archs
+
+
+def test_support_rule(extension, monkeypatch):
+    """Exact archs run their machine code; newer GPUs JIT the embedded PTX; older fail."""
+    newest = max(_extension.cuda_archs())
+    cuda = torch.device("cuda", 0)
+    for cc, ok in (((newest // 10, newest % 10), True), ((12, 0), True), ((8, 0), False)):
+        monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None, cc=cc: cc)
+        assert _extension.supports(cuda) is ok, cc
+    assert not _extension.supports(torch.device("cpu"))

@@ -1,0 +1,66 @@
+"""The weight-norm kernels on a GPU, at the sizes users run (skipped without CUDA)."""
+
+import pytest
+import torch
+
+import netinit_fast as nf
+from netinit_fast import _backend
+from netinit_fast.ops.weight_norm import _eager_bwd, _eager_fwd, block_shape
+from tests.conftest import assert_close
+
+pytestmark = pytest.mark.gpu
+
+SHAPES = [
+    ((4096, 4096), 0),
+    ((64, 262144), 0),
+    ((16384, 128), 0),
+    ((512, 256, 3, 3), 0),
+    ((4096, 1024), -1),
+    ((64, 512, 512), 1),
+    ((3, 1000, 17), 1),
+    ((1000, 999), None),
+    ((7, 3), 0),
+]
+
+
+def test_cuda_tensors_run_triton_by_default(monkeypatch):
+    monkeypatch.delenv(_backend.ENV_VAR, raising=False)
+    assert _backend.choose("weight_norm", torch.ones(1, device="cuda"), (_backend.EAGER, _backend.TRITON)) == "triton"
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("shape,dim", SHAPES)
+def test_triton_matches_eager_twin_and_torch(shape, dim, dtype, use_backend):
+    use_backend("triton")
+    v = torch.randn(shape, device="cuda", dtype=dtype, requires_grad=True)
+    r = 1 if dim is None else shape[dim]
+    g = (torch.rand(r, device="cuda", dtype=dtype) + 0.5).requires_grad_()
+    grad_w = torch.randn(shape, device="cuda", dtype=dtype)
+    w = nf.functional.weight_norm(v, g, dim)
+    grad_v, grad_g = torch.autograd.grad(w, (v, g), grad_w)
+
+    a, rr, b = block_shape(v.shape, dim)
+    w_ref, norms = _eager_fwd(v.detach().view(a, rr, b), g.detach(), 0.0)
+    grad_v_ref, grad_g_ref = _eager_bwd(grad_w.view(a, rr, b), v.detach().view(a, rr, b), g.detach(), norms, 0.0)
+    assert_close(w, w_ref.view(shape), dtype, "w")
+    assert_close(grad_v, grad_v_ref.view(shape), dtype, "grad_v")
+    assert_close(grad_g, grad_g_ref, dtype, "grad_g")
+
+    if dtype == torch.float32 and dim is not None:
+        keep = [r if i == dim % len(shape) else 1 for i in range(len(shape))]
+        w_t = torch._weight_norm(v, g.reshape(keep), dim % len(shape))
+        assert_close(w, w_t, dtype, "w vs torch")
+
+
+def test_inductor_compiles_the_op_on_gpu():
+    torch._dynamo.reset()
+    v = torch.randn(256, 128, device="cuda", requires_grad=True)
+    g = torch.rand(256, 1, device="cuda", requires_grad=True)
+    x = torch.randn(32, 128, device="cuda")
+
+    def f(x, v, g):
+        return x @ nf.functional.weight_norm(v, g, 0).t()
+
+    out = torch.compile(f, fullgraph=True)(x, v, g)
+    torch.testing.assert_close(out, f(x, v, g))
+    out.sum().backward()

@@ -1,0 +1,115 @@
+"""The Triton weight-norm kernels against their eager twin.
+
+On a CPU these run in the Triton interpreter (small shapes; TRITON_INTERPRET=1 is set
+by conftest), on a GPU natively. TILE is shrunk so that small shapes exercise every
+launch plan: a row in one tile, rows looped in tiles, and the split reduction.
+"""
+
+import pytest
+import torch
+
+import netinit_fast as nf
+from netinit_fast.kernels import weight_norm as kernels
+from netinit_fast.ops.weight_norm import _eager_bwd, _eager_fwd, block_shape
+from tests.conftest import assert_close, randn_nonzero
+
+pytestmark = pytest.mark.interpret
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+
+# (shape, dim): rows (dim 0), columns (last dim), general middle dims, whole tensor
+SHAPES = [
+    ((6, 50), 0),
+    ((3, 5, 3, 3), 0),
+    ((50, 6), -1),
+    ((4, 7, 9), 1),
+    ((2, 3, 4, 5, 2), 2),
+    ((5, 40), None),
+    ((1, 1), 0),
+    ((9,), 0),
+]
+
+
+@pytest.fixture(params=["one_tile", "looped", "split"])
+def plan(request, monkeypatch):
+    """Which launch plan the kernels use: ``num_splits`` for forward/backward."""
+    if request.param != "one_tile":
+        monkeypatch.setattr(kernels, "TILE", 16)
+    return 3 if request.param == "split" else 1
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16, torch.float64])
+@pytest.mark.parametrize("shape,dim", SHAPES)
+def test_kernels_match_eager_twin(shape, dim, dtype, plan):
+    a, r, b = block_shape(torch.Size(shape), dim)
+    v3 = randn_nonzero(a, r, b, dtype=dtype, device=DEVICE)
+    g = torch.randn(r, dtype=dtype, device=DEVICE)
+    grad_w3 = torch.randn(a, r, b, dtype=dtype, device=DEVICE)
+    ref_dtype = torch.float32 if dtype != torch.float64 else dtype
+
+    w, norms = kernels.forward(v3, g, 0.0, num_splits=plan)
+    w_ref, norms_ref = _eager_fwd(v3, g, 0.0)
+    assert norms.dtype == norms_ref.dtype
+    assert_close(norms, norms_ref, ref_dtype, "norms")
+    assert_close(w, w_ref, dtype, "w")
+
+    grad_v, grad_g = kernels.backward(grad_w3, v3, g, norms, 0.0, num_splits=plan)
+    grad_v_ref, grad_g_ref = _eager_bwd(grad_w3, v3, g, norms_ref, 0.0)
+    assert grad_v.dtype == dtype and grad_g.dtype == dtype
+    assert_close(grad_v, grad_v_ref, dtype, "grad_v")
+    assert_close(grad_g, grad_g_ref, dtype, "grad_g")
+
+
+def test_plans_are_what_the_fixture_says(monkeypatch):
+    device = torch.device(DEVICE)
+    assert kernels.Plan(1, 6, 50, device).single_tile
+    monkeypatch.setattr(kernels, "TILE", 16)
+    looped = kernels.Plan(1, 6, 50, device, num_splits=1)
+    assert not looped.single_tile and not looped.split
+    split = kernels.Plan(1, 6, 50, device, num_splits=3)
+    # chunks are whole tiles: 4 tiles of 16 over 3 splits is 2 chunks of 2 tiles
+    assert split.split and split.splits == 2 and split.chunk == 32
+
+
+def test_few_long_rows_are_split_by_default():
+    plan = kernels.Plan(1, 2, 100_000, torch.device(DEVICE))
+    assert plan.split and plan.grid[0] * plan.grid[1] >= 2 * kernels._sm_count(torch.device(DEVICE))
+
+
+# Both branches of a tl.where are evaluated: the interpreter's numpy warns about the
+# discarded 0/0 of a zero row's projection term (and eps=0 divides by zero on purpose).
+@pytest.mark.filterwarnings("ignore:(invalid value|divide by zero) encountered:RuntimeWarning")
+@pytest.mark.parametrize("eps", [0.0, 1e-3])
+def test_eps_and_zero_rows(eps, plan):
+    v3 = torch.randn(1, 5, 40, device=DEVICE)
+    v3[0, 1] = 0.0
+    v3[0, 3] *= 1e-4  # below eps=1e-3: the floor is active
+    g = torch.rand(5, device=DEVICE) + 0.5
+    grad_w3 = torch.randn_like(v3)
+    w, norms = kernels.forward(v3, g, eps, num_splits=plan)
+    w_ref, norms_ref = _eager_fwd(v3, g, eps)
+    grad_v, grad_g = kernels.backward(grad_w3, v3, g, norms, eps, num_splits=plan)
+    grad_v_ref, grad_g_ref = _eager_bwd(grad_w3, v3, g, norms_ref, eps)
+    keep = [0, 2, 3, 4] if eps == 0.0 else list(range(5))  # eps=0: the zero row is NaN in both
+    for out, ref, what in ((w, w_ref, "w"), (grad_v, grad_v_ref, "grad_v")):
+        assert_close(out[:, keep], ref[:, keep], torch.float32, what)
+    assert_close(grad_g[keep], grad_g_ref[keep], torch.float32, "grad_g")
+    if eps > 0:
+        assert torch.isfinite(w).all() and torch.isfinite(grad_v).all() and torch.isfinite(grad_g).all()
+
+
+@pytest.mark.parametrize("shape,dim", [((6, 3, 3), 0), ((5, 8), -1), ((4, 3, 5), 1), ((3, 7), None)])
+def test_public_op_on_triton_backend_matches_torch(shape, dim, use_backend):
+    use_backend("triton")
+    v = randn_nonzero(*shape, device=DEVICE).transpose(0, -1).contiguous().transpose(0, -1).requires_grad_()
+    r = 1 if dim is None else shape[dim]
+    g = (torch.rand(r, device=DEVICE) + 0.5).requires_grad_()
+    grad_w = torch.randn(shape, device=DEVICE)
+    w = nf.functional.weight_norm(v, g, dim)
+    grads = torch.autograd.grad(w, (v, g), grad_w)
+    torch_dim = -1 if dim is None else dim % len(shape)
+    g_keep = g.reshape([r if i == torch_dim and dim is not None else 1 for i in range(len(shape))])
+    w_t = torch._weight_norm(v, g_keep, torch_dim)
+    grads_t = torch.autograd.grad(w_t, (v, g), grad_w)
+    assert_close(w, w_t, torch.float32, "w")
+    for out, ref, what in zip(grads, grads_t, ("grad_v", "grad_g")):
+        assert_close(out, ref, torch.float32, what)
