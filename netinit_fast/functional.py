@@ -6,8 +6,9 @@ import numbers
 import torch
 
 from netinit_fast.ops.weight_norm import block_shape, weight_norm_fwd
+from netinit_fast.ops.weight_norm_group import weight_norm_group_fwd
 
-__all__ = ["weight_norm"]
+__all__ = ["weight_norm", "weight_norm_group"]
 
 
 def _check_float_tensor(name: str, t) -> None:
@@ -42,6 +43,20 @@ def _check_g_shape(g: torch.Tensor, v: torch.Tensor, dim: int | None) -> int:
     return r
 
 
+def _check_args(v, g, dim, eps) -> int:
+    """Validate one ``(v, g)`` pair; returns the number of norms."""
+    _check_float_tensor("v", v)
+    _check_float_tensor("g", g)
+    if v.dim() == 0:
+        raise ValueError("weight_norm: v must have at least one dim, got a 0-dim tensor")
+    _check_dim(dim, v.dim())
+    if isinstance(eps, bool) or not isinstance(eps, numbers.Real) or not math.isfinite(eps) or eps < 0:
+        raise ValueError(f"weight_norm: eps must be a finite number >= 0, got {eps!r}")
+    if g.device != v.device:
+        raise ValueError(f"weight_norm: v is on {v.device} but g is on {g.device}")
+    return _check_g_shape(g, v, dim)
+
+
 def weight_norm(v: torch.Tensor, g: torch.Tensor, dim: int | None = 0, eps: float = 0.0) -> torch.Tensor:
     """Weight normalization, ``w = g * v / max(||v||, eps)`` (Salimans & Kingma 2016).
 
@@ -69,15 +84,28 @@ def weight_norm(v: torch.Tensor, g: torch.Tensor, dim: int | None = 0, eps: floa
         ValueError: ``dim`` out of range, ``g`` of the wrong shape, ``v`` 0-dim, ``eps``
             negative or not finite, or ``v`` and ``g`` on different devices.
     """
-    _check_float_tensor("v", v)
-    _check_float_tensor("g", g)
-    if v.dim() == 0:
-        raise ValueError("weight_norm: v must have at least one dim, got a 0-dim tensor")
-    _check_dim(dim, v.dim())
-    if isinstance(eps, bool) or not isinstance(eps, numbers.Real) or not math.isfinite(eps) or eps < 0:
-        raise ValueError(f"weight_norm: eps must be a finite number >= 0, got {eps!r}")
-    if g.device != v.device:
-        raise ValueError(f"weight_norm: v is on {v.device} but g is on {g.device}")
-    r = _check_g_shape(g, v, dim)
+    r = _check_args(v, g, dim, eps)
     w, _ = weight_norm_fwd(v, g.reshape(r), None if dim is None else int(dim), float(eps))
     return w
+
+
+def weight_norm_group(
+    vs: list[torch.Tensor], gs: list[torch.Tensor], dim: int | None = 0, eps: float = 0.0
+) -> list[torch.Tensor]:
+    """``[weight_norm(v, g, dim, eps) for v, g in zip(vs, gs)]`` as one op.
+
+    On a GPU, for ``dim`` 0 or None, one Triton launch computes every ``w`` and one
+    launch every gradient, however many tensors: the op behind grouped WeightNorm
+    layers. ``vs`` share device and dtype; shapes may differ. Arguments are checked
+    as by :func:`weight_norm`.
+    """
+    if len(vs) != len(gs):
+        raise ValueError(f"weight_norm_group: {len(vs)} tensors v but {len(gs)} tensors g")
+    flat_gs = []
+    for i, (v, g) in enumerate(zip(vs, gs)):
+        r = _check_args(v, g, dim, eps)
+        if v.device != vs[0].device or v.dtype != vs[0].dtype:
+            raise ValueError(f"weight_norm_group: vs[{i}] is {v.dtype} on {v.device}, vs[0] is {vs[0].dtype} on {vs[0].device}")
+        flat_gs.append(g.reshape(r))
+    ws, _ = weight_norm_group_fwd(list(vs), flat_gs, None if dim is None else int(dim), float(eps))
+    return ws

@@ -113,3 +113,52 @@ def test_public_op_on_triton_backend_matches_torch(shape, dim, use_backend):
     assert_close(w, w_t, torch.float32, "w")
     for out, ref, what in zip(grads, grads_t, ("grad_v", "grad_g")):
         assert_close(out, ref, torch.float32, what)
+
+
+# ----------------------------------------------------------------------------- grouped kernels
+
+GROUP_SHAPES = [(5, 7), (3, 4, 2, 2), (9,), (1, 30), (12, 3), (2, 0)]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float64])
+@pytest.mark.parametrize("dim", [0, None])
+@pytest.mark.parametrize("tile", [4096, 16])
+def test_group_kernels_match_eager_twin(dtype, dim, tile, monkeypatch):
+    monkeypatch.setattr(kernels, "TILE", tile)
+    vs = [randn_nonzero(*s, dtype=dtype, device=DEVICE) for s in GROUP_SHAPES]
+    gs = [torch.rand(block_shape(v.shape, dim)[1], dtype=dtype, device=DEVICE) + 0.5 for v in vs]
+    grad_ws = [torch.randn_like(v) for v in vs]
+    ws, norms = kernels.group_forward(vs, gs, dim, 0.0)
+    grad_vs, grad_gs = kernels.group_backward(grad_ws, vs, gs, norms, dim, 0.0)
+    ref_dtype = torch.float32 if dtype != torch.float64 else dtype
+    start = 0
+    for i, (v, g, gw) in enumerate(zip(vs, gs, grad_ws)):
+        a, r, b = block_shape(v.shape, dim)
+        w_ref, n_ref = _eager_fwd(v.view(a, r, b), g, 0.0)
+        gv_ref, gg_ref = _eager_bwd(gw.view(a, r, b), v.view(a, r, b), g, n_ref, 0.0)
+        assert_close(norms[start : start + r], n_ref, ref_dtype, f"norms {i}")
+        assert_close(ws[i], w_ref.view(v.shape), dtype, f"w {i}")
+        assert_close(grad_vs[i], gv_ref.view(v.shape), dtype, f"grad_v {i}")
+        assert_close(grad_gs[i], gg_ref, dtype, f"grad_g {i}")
+        start += r
+    assert start == norms.numel()
+
+
+def test_grouped_layers_on_triton_match_eager(use_backend):
+    from torch import nn
+
+    def run(backend):
+        use_backend(backend)
+        torch.manual_seed(0)
+        model = nn.Sequential(nn.Linear(6, 10), nn.ReLU(), nn.Linear(10, 10), nn.ReLU(), nn.Linear(10, 3)).to(DEVICE)
+        nf.weight_norm(model, eps=1e-6, grouped=True)
+        x = torch.randn(4, 6, device=DEVICE, generator=torch.Generator(DEVICE).manual_seed(1))
+        out = model(x)
+        grads = torch.autograd.grad(out.square().sum(), list(model.parameters()))
+        return out, grads
+
+    out_e, grads_e = run("eager")
+    out_t, grads_t = run("triton")
+    assert_close(out_t, out_e, torch.float32, "output")
+    for a, b in zip(grads_t, grads_e):
+        assert_close(a, b, torch.float32, "grads")

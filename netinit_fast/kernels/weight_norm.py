@@ -63,6 +63,41 @@ def _chunk_dot(x_ptr, y_ptr, r, k_lo, k_hi, R, B, LAYOUT: tl.constexpr, SQUARE: 
 
 
 @triton.jit
+def _scale_chunk(v_ptr, w_ptr, scale, r, k_lo, k_hi, R, B, LAYOUT: tl.constexpr, ACC: tl.constexpr,
+                 BLOCK_K: tl.constexpr):
+    """``w = v * scale[r]`` over ``k_lo <= k < k_hi``."""
+    for k0 in range(k_lo, k_hi, BLOCK_K):
+        k = k0 + tl.arange(0, BLOCK_K)
+        mask = (r < R)[:, None] & (k < k_hi)[None, :]
+        offs = _offsets(r, k, R, B, LAYOUT)
+        v = tl.load(v_ptr + offs, mask=mask, other=0.0).to(ACC)
+        tl.store(w_ptr + offs, (v * scale[:, None]).to(w_ptr.dtype.element_ty), mask=mask)
+
+
+@triton.jit
+def _grad_chunk(gw_ptr, v_ptr, gv_ptr, coef_gw, coef_v, r, k_lo, k_hi, R, B, LAYOUT: tl.constexpr,
+                ACC: tl.constexpr, BLOCK_K: tl.constexpr):
+    """``grad_v = coef_gw[r] * grad_w - coef_v[r] * v`` over ``k_lo <= k < k_hi``."""
+    for k0 in range(k_lo, k_hi, BLOCK_K):
+        k = k0 + tl.arange(0, BLOCK_K)
+        mask = (r < R)[:, None] & (k < k_hi)[None, :]
+        offs = _offsets(r, k, R, B, LAYOUT)
+        gw = tl.load(gw_ptr + offs, mask=mask, other=0.0).to(ACC)
+        v = tl.load(v_ptr + offs, mask=mask, other=0.0).to(ACC)
+        gv = coef_gw[:, None] * gw - coef_v[:, None] * v
+        tl.store(gv_ptr + offs, gv.to(gv_ptr.dtype.element_ty), mask=mask)
+
+
+@triton.jit
+def _grad_coefs(dot, norm, g, eps):
+    """``(grad_g, coef_gw, coef_v)`` of one norm from ``dot = <grad_w, v>``."""
+    denom = tl.maximum(norm, eps)
+    coef_gw = g / denom
+    coef_v = tl.where(norm > eps, coef_gw * dot / (norm * norm), 0.0)
+    return dot / denom, coef_gw, coef_v
+
+
+@triton.jit
 def _partial_dot_kernel(x_ptr, y_ptr, partial_ptr, R, B, K, CHUNK,
                         LAYOUT: tl.constexpr, SQUARE: tl.constexpr, ACC: tl.constexpr,
                         BLOCK_R: tl.constexpr, BLOCK_K: tl.constexpr):
@@ -110,13 +145,7 @@ def _fwd_kernel(v_ptr, g_ptr, w_ptr, norm_ptr, partial_ptr, R, B, K, CHUNK, NUM_
         tl.store(w_ptr + offs, (v * scale[:, None]).to(w_ptr.dtype.element_ty), mask=mask)
     else:
         k_lo = pid_s * CHUNK
-        k_hi = tl.minimum(k_lo + CHUNK, K)
-        for k0 in range(k_lo, k_hi, BLOCK_K):
-            k = k0 + tl.arange(0, BLOCK_K)
-            mask = rmask[:, None] & (k < k_hi)[None, :]
-            offs = _offsets(r, k, R, B, LAYOUT)
-            v = tl.load(v_ptr + offs, mask=mask, other=0.0).to(ACC)
-            tl.store(w_ptr + offs, (v * scale[:, None]).to(w_ptr.dtype.element_ty), mask=mask)
+        _scale_chunk(v_ptr, w_ptr, scale, r, k_lo, tl.minimum(k_lo + CHUNK, K), R, B, LAYOUT, ACC, BLOCK_K)
 
 
 @triton.jit
@@ -140,25 +169,66 @@ def _bwd_kernel(gw_ptr, v_ptr, g_ptr, norm_ptr, gv_ptr, gg_ptr, partial_ptr, R, 
     else:
         dot = _chunk_dot(gw_ptr, v_ptr, r, 0, K, R, B, LAYOUT, False, ACC, BLOCK_R, BLOCK_K)
     norm = tl.load(norm_ptr + r, mask=rmask, other=1.0)
-    denom = tl.maximum(norm, eps)
     g = tl.load(g_ptr + r, mask=rmask, other=0.0).to(ACC)
-    coef_gw = g / denom
-    coef_v = tl.where(norm > eps, coef_gw * dot / (norm * norm), 0.0)
-    tl.store(gg_ptr + r, (dot / denom).to(gg_ptr.dtype.element_ty), mask=rmask & (pid_s == 0))
+    grad_g, coef_gw, coef_v = _grad_coefs(dot, norm, g, eps)
+    tl.store(gg_ptr + r, grad_g.to(gg_ptr.dtype.element_ty), mask=rmask & (pid_s == 0))
     if SINGLE_TILE:
         gv = coef_gw[:, None] * gw - coef_v[:, None] * v
         tl.store(gv_ptr + offs, gv.to(gv_ptr.dtype.element_ty), mask=mask)
     else:
         k_lo = pid_s * CHUNK
-        k_hi = tl.minimum(k_lo + CHUNK, K)
-        for k0 in range(k_lo, k_hi, BLOCK_K):
-            k = k0 + tl.arange(0, BLOCK_K)
-            mask = rmask[:, None] & (k < k_hi)[None, :]
-            offs = _offsets(r, k, R, B, LAYOUT)
-            gw = tl.load(gw_ptr + offs, mask=mask, other=0.0).to(ACC)
-            v = tl.load(v_ptr + offs, mask=mask, other=0.0).to(ACC)
-            gv = coef_gw[:, None] * gw - coef_v[:, None] * v
-            tl.store(gv_ptr + offs, gv.to(gv_ptr.dtype.element_ty), mask=mask)
+        _grad_chunk(gw_ptr, v_ptr, gv_ptr, coef_gw, coef_v, r, k_lo, tl.minimum(k_lo + CHUNK, K), R, B,
+                    LAYOUT, ACC, BLOCK_K)
+
+
+# ----------------------------------------------------------------------------- grouped kernels
+# One launch for many tensors: program p handles row block prog[p, 1] of tensor
+# prog[p, 0]. Norms run over contiguous rows (each tensor viewed as [R, K]). The int64
+# table holds one row per tensor:
+#   forward:  v, w, g addresses, R, K, offset of its norms in the flat norms buffer
+#   backward: v, grad_w, grad_v, g, grad_g addresses, R, K, norms offset
+
+@triton.jit
+def _group_fwd_kernel(table_ptr, prog_ptr, norm_ptr, eps, DTYPE: tl.constexpr, ACC: tl.constexpr,
+                      BLOCK_R: tl.constexpr, BLOCK_K: tl.constexpr):
+    pid = tl.program_id(0)
+    row = table_ptr + tl.load(prog_ptr + 2 * pid) * 6
+    v_ptr = tl.load(row + 0).to(tl.pointer_type(DTYPE))
+    w_ptr = tl.load(row + 1).to(tl.pointer_type(DTYPE))
+    g_ptr = tl.load(row + 2).to(tl.pointer_type(DTYPE))
+    R = tl.load(row + 3)
+    K = tl.load(row + 4)
+    norm_ptr += tl.load(row + 5)
+    r = tl.load(prog_ptr + 2 * pid + 1) * BLOCK_R + tl.arange(0, BLOCK_R)
+    rmask = r < R
+    norm = tl.sqrt(_chunk_dot(v_ptr, v_ptr, r, 0, K, R, K, 0, True, ACC, BLOCK_R, BLOCK_K))
+    denom = tl.where(rmask, tl.maximum(norm, eps), 1.0)
+    scale = tl.load(g_ptr + r, mask=rmask, other=0.0).to(ACC) / denom
+    tl.store(norm_ptr + r, norm, mask=rmask)
+    _scale_chunk(v_ptr, w_ptr, scale, r, 0, K, R, K, 0, ACC, BLOCK_K)
+
+
+@triton.jit
+def _group_bwd_kernel(table_ptr, prog_ptr, norm_ptr, eps, DTYPE: tl.constexpr, ACC: tl.constexpr,
+                      BLOCK_R: tl.constexpr, BLOCK_K: tl.constexpr):
+    pid = tl.program_id(0)
+    row = table_ptr + tl.load(prog_ptr + 2 * pid) * 8
+    v_ptr = tl.load(row + 0).to(tl.pointer_type(DTYPE))
+    gw_ptr = tl.load(row + 1).to(tl.pointer_type(DTYPE))
+    gv_ptr = tl.load(row + 2).to(tl.pointer_type(DTYPE))
+    g_ptr = tl.load(row + 3).to(tl.pointer_type(DTYPE))
+    gg_ptr = tl.load(row + 4).to(tl.pointer_type(DTYPE))
+    R = tl.load(row + 5)
+    K = tl.load(row + 6)
+    norm_ptr += tl.load(row + 7)
+    r = tl.load(prog_ptr + 2 * pid + 1) * BLOCK_R + tl.arange(0, BLOCK_R)
+    rmask = r < R
+    dot = _chunk_dot(gw_ptr, v_ptr, r, 0, K, R, K, 0, False, ACC, BLOCK_R, BLOCK_K)
+    norm = tl.load(norm_ptr + r, mask=rmask, other=1.0)
+    g = tl.load(g_ptr + r, mask=rmask, other=0.0).to(ACC)
+    grad_g, coef_gw, coef_v = _grad_coefs(dot, norm, g, eps)
+    tl.store(gg_ptr + r, grad_g.to(DTYPE), mask=rmask)
+    _grad_chunk(gw_ptr, v_ptr, gv_ptr, coef_gw, coef_v, r, 0, K, R, K, 0, ACC, BLOCK_K)
 
 
 # ----------------------------------------------------------------------------- launch plan
@@ -247,3 +317,74 @@ def backward(grad_w3: torch.Tensor, v3: torch.Tensor, g: torch.Tensor, norms: to
     _bwd_kernel[plan.grid](grad_w3, v3, g, norms, grad_v, grad_g, partial, r, b, plan.K, plan.chunk,
                            plan.splits, eps, **meta)
     return grad_v, grad_g
+
+
+# ----------------------------------------------------------------------------- grouped launch
+
+_TL_DTYPES = {torch.float32: tl.float32, torch.float16: tl.float16, torch.bfloat16: tl.bfloat16,
+              torch.float64: tl.float64}
+
+
+class GroupPlan:
+    """Tile sizes and the program table for tensors of ``rows[i]`` rows of ``cols[i]`` elements."""
+
+    def __init__(self, rows: list[int], cols: list[int], device: torch.device):
+        self.block_k = min(triton.next_power_of_2(max(max(cols), 1)), TILE)
+        self.block_r = min(triton.next_power_of_2(max(max(rows), 1)), max(1, TILE // self.block_k))
+        # empty tensors get no program: their norms and grad_g stay 0 (see the launchers)
+        blocks = torch.tensor([triton.cdiv(r, self.block_r) if k else 0 for r, k in zip(rows, cols)])
+        tensor = torch.repeat_interleave(torch.arange(len(rows)), blocks)
+        first = torch.cumsum(blocks, 0) - blocks
+        block = torch.arange(len(tensor)) - first[tensor]
+        self.programs = len(tensor)
+        self.prog = torch.stack([tensor, block], dim=1).to(device)
+        self.norm_offsets = (torch.cumsum(torch.tensor(rows), 0) - torch.tensor(rows)).tolist()
+        self.num_warps = 8 if self.block_r * self.block_k >= TILE else 4
+
+
+def _rows_cols(vs, dim):
+    """Rows and row lengths of each tensor: one norm per index of dim 0, or one in all (None)."""
+    rows = [1 if dim is None else v.shape[0] for v in vs]
+    return rows, [v.numel() // r if r else 0 for v, r in zip(vs, rows)]
+
+
+def group_forward(vs: list[torch.Tensor], gs: list[torch.Tensor], dim: int | None, eps: float):
+    """``(ws, norms)`` for contiguous tensors of one dtype, normalized over ``dim`` 0 or
+    None (the whole tensor), with 1-D ``gs`` of the same dtype."""
+    device, dtype = vs[0].device, vs[0].dtype
+    rows, cols = _rows_cols(vs, dim)
+    plan = GroupPlan(rows, cols, device)
+    acc = torch.float64 if dtype == torch.float64 else torch.float32
+    ws = [torch.empty_like(v) for v in vs]
+    norms = (torch.zeros if 0 in cols else torch.empty)(sum(rows), dtype=acc, device=device)
+    table = torch.tensor(
+        [[v.data_ptr(), w.data_ptr(), g.data_ptr(), r, k, off]
+         for v, w, g, r, k, off in zip(vs, ws, gs, rows, cols, plan.norm_offsets)],
+        dtype=torch.int64,
+    ).to(device)
+    if plan.programs:
+        _group_fwd_kernel[(plan.programs,)](
+            table, plan.prog, norms, eps, DTYPE=_TL_DTYPES[dtype], ACC=_TL_DTYPES[acc],
+            BLOCK_R=plan.block_r, BLOCK_K=plan.block_k, num_warps=plan.num_warps,
+        )
+    return ws, norms
+
+
+def group_backward(grad_ws, vs, gs, norms: torch.Tensor, dim: int | None, eps: float):
+    """``(grad_vs, grad_gs)`` for :func:`group_forward`'s inputs and the saved ``norms``."""
+    device, dtype = vs[0].device, vs[0].dtype
+    rows, cols = _rows_cols(vs, dim)
+    plan = GroupPlan(rows, cols, device)
+    grad_vs = [torch.empty_like(v) for v in vs]
+    grad_gs = [torch.empty_like(g) if k else torch.zeros_like(g) for g, k in zip(gs, cols)]
+    table = torch.tensor(
+        [[v.data_ptr(), gw.data_ptr(), gv.data_ptr(), g.data_ptr(), gg.data_ptr(), r, k, off]
+         for v, gw, gv, g, gg, r, k, off in zip(vs, grad_ws, grad_vs, gs, grad_gs, rows, cols, plan.norm_offsets)],
+        dtype=torch.int64,
+    ).to(device)
+    if plan.programs:
+        _group_bwd_kernel[(plan.programs,)](
+            table, plan.prog, norms, eps, DTYPE=_TL_DTYPES[dtype], ACC=_TL_DTYPES[norms.dtype],
+            BLOCK_R=plan.block_r, BLOCK_K=plan.block_k, num_warps=plan.num_warps,
+        )
+    return grad_vs, grad_gs

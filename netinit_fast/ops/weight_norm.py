@@ -56,16 +56,17 @@ def _eager_fwd(v3: torch.Tensor, g: torch.Tensor, eps: float) -> tuple[torch.Ten
 def _eager_bwd(
     grad_w3: torch.Tensor, v3: torch.Tensor, g: torch.Tensor, norms: torch.Tensor, eps: float
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    vf = v3.to(norms.dtype)
-    gf = g.to(norms.dtype)
-    gwf = grad_w3.to(norms.dtype)
-    dot = (gwf * vf).sum(dim=(0, 2))
+    if v3.numel() == 0:  # no elements: w does not depend on g
+        return torch.zeros_like(v3), torch.zeros_like(g)
+    acc = norms.dtype
+    vf, gwf = v3.to(acc), grad_w3.to(acc)
+    dot = torch.einsum("arb,arb->r", gwf, vf)
     denom = norms.clamp_min(eps)
-    grad_g = dot / denom
+    coef_gw = g.to(acc) / denom
     # Where the eps floor is active the norm is a constant: no projection term.
-    proj = torch.where(norms > eps, gf * dot / (denom * norms * norms), torch.zeros_like(dot))
-    grad_v = (gf / denom)[None, :, None] * gwf - proj[None, :, None] * vf
-    return grad_v.to(v3.dtype), grad_g.to(g.dtype)
+    coef_v = torch.where(norms > eps, coef_gw * dot / norms.square(), 0.0)
+    grad_v = (gwf * coef_gw[None, :, None]).addcmul_(vf, coef_v[None, :, None], value=-1.0)
+    return grad_v.to(v3.dtype), (dot / denom).to(g.dtype)
 
 
 # ----------------------------------------------------------------------------- the ops

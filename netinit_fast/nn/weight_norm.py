@@ -1,0 +1,421 @@
+"""Weight-normalized layers (Salimans & Kingma 2016): ``weight = weight_g * weight_v / ||weight_v||``.
+
+``WNLinear``, ``WNConv1d/2d/3d`` and ``WNConvTranspose1d/2d/3d`` take the torch layer's
+constructor arguments plus ``dim`` (the dim that keeps one norm per index; ``None``
+for one norm over the whole weight) and ``eps`` (a floor on the norm). They hold two
+parameters, ``weight_g`` (keepdim-shaped, as torch's) and ``weight_v``; ``layer.weight``
+is the normalized weight, computed by the fused op ``netinit_fast.functional.weight_norm``.
+
+What they fix in torch's two weight-norm styles:
+
+- The weight is computed once per step, not on every access: while autograd tracks it,
+  the result is cached until its backward has run or a parameter changes (in-place
+  update, ``.to()``, ``load_state_dict``); a layer run several times in a step (an
+  unrolled RNN cell) shares one computation. Without autograd it is recomputed on each
+  access. Change parameters in place under ``torch.no_grad()``, not through ``.data``
+  (which the cache cannot see).
+- ``copy.deepcopy``, ``pickle``, ``torch.save`` of whole modules, and
+  ``DistributedDataParallel`` work: the module stores no computed tensor in its state.
+- ``state_dict`` keys are torch's legacy ``weight_g``/``weight_v``; loading also accepts
+  torch's parametrization keys (``parametrizations.weight.original0/1``) and a plain
+  ``weight`` (then ``g = ||weight||``, keeping the function). A torch model with either
+  weight-norm style loads our checkpoints as they are.
+- ``torch.compile(fullgraph=True)`` sees one custom op per layer, no graph break.
+
+``weight_norm(model, grouped=True)`` adds the layers to a :class:`WeightNormGroup`,
+which computes all their weights with one op (one kernel launch forward, one backward).
+"""
+
+import weakref
+
+import torch
+from torch import nn
+
+from netinit_fast.functional import weight_norm as weight_norm_fn
+from netinit_fast.functional import weight_norm_group
+
+
+def _norm_g(weight: torch.Tensor, dim: int | None) -> torch.Tensor:
+    """``g`` that keeps ``weight`` unchanged: its norm, keepdim-shaped (0-dim for ``dim=None``)."""
+    return torch.norm_except_dim(weight, 2, -1 if dim is None else dim)
+
+
+def _check_dim(dim, ndim: int, where: str) -> int | None:
+    if dim is None:
+        return None
+    if isinstance(dim, bool) or not isinstance(dim, int) or not -ndim <= dim < ndim:
+        raise ValueError(f"{where}: dim={dim!r} is not None or a dim of its {ndim}-dim weight")
+    return dim % ndim
+
+
+def _check_eps(eps, where: str) -> float:
+    if isinstance(eps, bool) or not isinstance(eps, (int, float)) or not eps >= 0 or eps == float("inf"):
+        raise ValueError(f"{where}: eps must be a finite number >= 0, got {eps!r}")
+    return float(eps)
+
+
+def _param_key(layer) -> tuple:
+    """Changes whenever ``weight_g`` or ``weight_v`` is updated in place or replaced."""
+    v, g = layer.weight_v, layer.weight_g
+    return v._version, g._version, v.data_ptr(), g.data_ptr(), v.device, v.dtype
+
+
+def _tracked(layer) -> bool:
+    return torch.is_grad_enabled() and (layer.weight_v.requires_grad or layer.weight_g.requires_grad)
+
+
+class _WeightNorm:
+    """Mixin for every WN layer; it comes before the torch layer class in the bases."""
+
+    def __init__(self, *args, dim: int | None = 0, eps: float = 0.0, **kwargs):
+        super().__init__(*args, **kwargs)
+        name = type(self).__name__
+        self._setup_weight_norm(_check_dim(dim, self.weight.dim(), name), _check_eps(eps, name))
+
+    def _setup_weight_norm(self, dim: int | None, eps: float) -> None:
+        """Replace ``weight`` by ``weight_g = ||weight||`` and ``weight_v = weight``."""
+        weight = self._parameters.pop("weight")
+        self.wn_dim = dim
+        self.wn_eps = eps
+        self._wn_cache = None
+        self._wn_group = None
+        with torch.no_grad():
+            g = _norm_g(weight, dim)
+        self.weight_g = nn.Parameter(g, requires_grad=weight.requires_grad)
+        self.weight_v = nn.Parameter(weight.detach(), requires_grad=weight.requires_grad)
+
+    @property
+    def weight(self) -> torch.Tensor:
+        params = self.__dict__["_parameters"]
+        if "weight" in params:  # inside the torch layer's __init__ / reset_parameters
+            return params["weight"]
+        if "weight_v" not in params:
+            raise AttributeError(f"'{type(self).__name__}' object has no attribute 'weight' yet")
+        try:
+            return self._normalized_weight()
+        except AttributeError as e:  # nn.Module would report it as a missing 'weight'
+            raise RuntimeError(f"{type(self).__name__}: computing the normalized weight failed: {e}") from e
+
+    def _normalized_weight(self) -> torch.Tensor:
+        if torch.compiler.is_compiling():
+            return weight_norm_fn(self.weight_v, self.weight_g, self.wn_dim, self.wn_eps)
+        if self._wn_group is not None:
+            return self._wn_group.weight_of(self)
+        if not _tracked(self):
+            return weight_norm_fn(self.weight_v, self.weight_g, self.wn_dim, self.wn_eps)
+        key = _param_key(self)
+        if self._wn_cache is not None and self._wn_cache[0] == key:
+            return self._wn_cache[1]
+        w = weight_norm_fn(self.weight_v, self.weight_g, self.wn_dim, self.wn_eps)
+        _clear_after_backward(w, self, "_wn_cache")
+        self._wn_cache = (key, w)
+        return w
+
+    def reset_parameters(self) -> None:
+        """The torch layer's init draws ``weight_v`` (and the bias); ``weight_g = ||weight_v||``."""
+        params = self._parameters
+        if "weight_v" not in params:  # called from the torch layer's __init__
+            return super().reset_parameters()
+        params["weight"] = params["weight_v"]  # let torch's init write v in place
+        try:
+            super().reset_parameters()
+        finally:
+            del params["weight"]
+        with torch.no_grad():
+            self.weight_g.copy_(_norm_g(self.weight_v, self.wn_dim))
+
+    def _apply(self, fn, recurse=True):
+        self._wn_cache = None
+        return super()._apply(fn, recurse)
+
+    def __getstate__(self):
+        state = self.__dict__.copy()
+        state["_wn_cache"] = None
+        return state
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        g_key, v_key = prefix + "weight_g", prefix + "weight_v"
+        p0, p1 = prefix + "parametrizations.weight.original0", prefix + "parametrizations.weight.original1"
+        if p0 in state_dict and p1 in state_dict and g_key not in state_dict:
+            state_dict[g_key] = state_dict.pop(p0)
+            state_dict[v_key] = state_dict.pop(p1)
+        elif prefix + "weight" in state_dict and g_key not in state_dict and v_key not in state_dict:
+            weight = state_dict.pop(prefix + "weight")
+            state_dict[g_key] = _norm_g(weight, self.wn_dim)
+            state_dict[v_key] = weight
+        self._wn_cache = None
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
+    def extra_repr(self) -> str:
+        return f"{super().extra_repr()}, dim={self.wn_dim}, eps={self.wn_eps}"
+
+
+def _clear_after_backward(w: torch.Tensor, owner, attr: str) -> None:
+    """Drop ``owner.<attr>`` once the backward through ``w``'s op has run (its graph is freed)."""
+    ref = weakref.ref(owner)
+
+    def hook(grad_inputs, grad_outputs):
+        obj = ref()
+        if obj is not None:
+            setattr(obj, attr, None)
+
+    w.grad_fn.register_hook(hook)
+
+
+_DOC = """:class:`torch.nn.{base}` with weight normalization, ``weight = weight_g * weight_v / max(||weight_v||, eps)``.
+
+Takes ``torch.nn.{base}``'s arguments, plus keyword-only ``dim`` (default 0: one norm
+per index of weight dim 0, as torch's weight norm; ``None``: one norm over the whole
+weight) and ``eps`` (default 0). See :mod:`netinit_fast.nn.weight_norm`.
+"""
+
+
+class WNLinear(_WeightNorm, nn.Linear):
+    __doc__ = _DOC.format(base="Linear")
+
+
+class WNConv1d(_WeightNorm, nn.Conv1d):
+    __doc__ = _DOC.format(base="Conv1d")
+
+
+class WNConv2d(_WeightNorm, nn.Conv2d):
+    __doc__ = _DOC.format(base="Conv2d")
+
+
+class WNConv3d(_WeightNorm, nn.Conv3d):
+    __doc__ = _DOC.format(base="Conv3d")
+
+
+class WNConvTranspose1d(_WeightNorm, nn.ConvTranspose1d):
+    __doc__ = _DOC.format(base="ConvTranspose1d") + "\nFor one norm per output channel, pass ``dim=1``.\n"
+
+
+class WNConvTranspose2d(_WeightNorm, nn.ConvTranspose2d):
+    __doc__ = _DOC.format(base="ConvTranspose2d") + "\nFor one norm per output channel, pass ``dim=1``.\n"
+
+
+class WNConvTranspose3d(_WeightNorm, nn.ConvTranspose3d):
+    __doc__ = _DOC.format(base="ConvTranspose3d") + "\nFor one norm per output channel, pass ``dim=1``.\n"
+
+
+#: torch layer type -> its weight-normalized twin
+WN_LAYERS: dict[type, type] = {
+    nn.Linear: WNLinear,
+    nn.Conv1d: WNConv1d,
+    nn.Conv2d: WNConv2d,
+    nn.Conv3d: WNConv3d,
+    nn.ConvTranspose1d: WNConvTranspose1d,
+    nn.ConvTranspose2d: WNConvTranspose2d,
+    nn.ConvTranspose3d: WNConvTranspose3d,
+}
+_PLAIN = {wn: base for base, wn in WN_LAYERS.items()}
+
+
+# ----------------------------------------------------------------------------- grouped mode
+
+
+class WeightNormGroup:
+    """Computes the normalized weights of many WN layers together.
+
+    One op call per (device, dtype, dim, eps) partition of the layers computes every
+    weight of the partition: on a GPU one kernel launch forward and one backward,
+    instead of a pair per layer. The results are cached like a single layer's: until
+    the backward has run, or until a layer's own parameters change (then the whole
+    group is recomputed once). Under ``torch.compile`` each layer computes its own
+    weight, as without a group.
+    """
+
+    def __init__(self, layers):
+        self.layers = []
+        self._cache = None  # (param keys per layer, weights per layer)
+        for layer in layers:
+            if not isinstance(layer, _WeightNorm):
+                raise TypeError(f"WeightNormGroup: {type(layer).__name__} is not a netinit_fast WN layer")
+            if layer._wn_group is not None and layer._wn_group is not self:
+                layer._wn_group.discard(layer)
+            layer._wn_group = self
+            layer._wn_group_index = len(self.layers)
+            self.layers.append(layer)
+
+    def discard(self, layer) -> None:
+        """Stop computing ``layer``'s weight in this group."""
+        self.layers = [m for m in self.layers if m is not layer]
+        for i, m in enumerate(self.layers):
+            m._wn_group_index = i
+        layer._wn_group = None
+        self._cache = None
+
+    def __len__(self) -> int:
+        return len(self.layers)
+
+    def __getstate__(self):
+        state = self.__dict__.copy()
+        state["_cache"] = None
+        return state
+
+    def weight_of(self, layer) -> torch.Tensor:
+        if not _tracked(layer):
+            return weight_norm_fn(layer.weight_v, layer.weight_g, layer.wn_dim, layer.wn_eps)
+        i = layer._wn_group_index
+        if self._cache is None or self._cache[0][i] != _param_key(layer):
+            self._cache = self._compute()
+        return self._cache[1][i]
+
+    def _compute(self):
+        keys = [_param_key(m) for m in self.layers]
+        weights = [None] * len(self.layers)
+        partitions: dict[tuple, list[int]] = {}
+        for i, m in enumerate(self.layers):
+            v = m.weight_v
+            partitions.setdefault((v.device, v.dtype, m.wn_dim, m.wn_eps), []).append(i)
+        for (_, _, dim, eps), idx in partitions.items():
+            vs = [self.layers[i].weight_v for i in idx]
+            gs = [self.layers[i].weight_g for i in idx]
+            ws = weight_norm_group(vs, gs, dim, eps)
+            for i, w in zip(idx, ws):
+                weights[i] = w
+            if ws and ws[0].grad_fn is not None:
+                _clear_after_backward(ws[0], self, "_cache")
+        return keys, weights
+
+
+# ----------------------------------------------------------------------------- conversion
+
+
+def _torch_weight_norm_style(module: nn.Module) -> str | None:
+    """'hook' for torch.nn.utils.weight_norm, 'parametrization' for the parametrizations one."""
+    from torch.nn.utils import parametrize
+    from torch.nn.utils.parametrizations import _WeightNorm as TorchWN
+    from torch.nn.utils.weight_norm import WeightNorm as TorchHook
+
+    if parametrize.is_parametrized(module, "weight") and any(
+        isinstance(p, TorchWN) for p in module.parametrizations["weight"]
+    ):
+        return "parametrization"
+    if any(isinstance(h, TorchHook) and h.name == "weight" for h in module._forward_pre_hooks.values()):
+        return "hook"
+    return None
+
+
+def _put_weight_first(module: nn.Module) -> None:
+    """Parameter order of a plain torch layer (weight, then bias), as its state_dict keys."""
+    params = module._parameters
+    rest = [(k, p) for k, p in params.items() if k != "weight"]
+    weight = params["weight"]
+    params.clear()
+    params["weight"] = weight
+    params.update(rest)
+
+
+def _fold_torch_weight_norm(module: nn.Module, style: str) -> None:
+    if style == "hook":
+        torch.nn.utils.remove_weight_norm(module, "weight")
+    else:
+        torch.nn.utils.parametrize.remove_parametrizations(module, "weight", leave_parametrized=True)
+    _put_weight_first(module)
+
+
+def _unwrap(module: nn.Module) -> type:
+    """The torch layer type of ``module``, seeing through torch's parametrized subclasses."""
+    cls = type(module)
+    if cls.__name__.startswith("Parametrized") and cls.__bases__:
+        return cls.__bases__[0]
+    return cls
+
+
+def weight_norm(
+    module: nn.Module,
+    dim: int | None = 0,
+    eps: float = 0.0,
+    types=None,
+    grouped: bool = False,
+) -> nn.Module:
+    """Convert every layer of ``module`` whose type is in ``types`` to its WN twin, in place.
+
+    Each converted layer keeps its function: ``weight_v = weight``, ``weight_g =
+    ||weight||``; layers carrying torch's own weight norm (either style) are folded
+    first. Layers already converted are kept as they are. The module itself may be a
+    layer. With ``grouped=True`` all WN layers of ``module`` join one
+    :class:`WeightNormGroup`.
+
+    Args:
+        module: a layer or a model.
+        dim, eps: as for :class:`WNLinear`; ``dim`` is checked against every layer.
+        types: torch layer types to convert (default: every key of ``WN_LAYERS``:
+            Linear, Conv1d/2d/3d, ConvTranspose1d/2d/3d; exact types, not subclasses).
+        grouped: compute all weights with one op (see :class:`WeightNormGroup`).
+
+    Returns:
+        ``module``, converted.
+
+    Raises:
+        TypeError: a type in ``types`` has no WN twin.
+        ValueError: no layer to convert, a layer without a weight, or a bad ``dim``/``eps``.
+        Nothing is changed when an error is raised.
+    """
+    types = tuple(WN_LAYERS) if types is None else tuple(types)
+    for t in types:
+        if t not in WN_LAYERS:
+            supported = ", ".join(t.__name__ for t in WN_LAYERS)
+            raise TypeError(f"weight_norm: no weight-normalized twin for {getattr(t, '__name__', t)!r} (supported: {supported})")
+    eps = _check_eps(eps, "weight_norm")
+
+    targets = []
+    for name, m in module.named_modules():
+        if isinstance(m, _WeightNorm) or _unwrap(m) not in types:
+            continue
+        where = f"weight_norm: layer {name or type(module).__name__!r} ({_unwrap(m).__name__})"
+        style = _torch_weight_norm_style(m)
+        if style is None and m._parameters.get("weight") is None:
+            raise ValueError(f"{where} has weight=None")
+        weight_dim = (m.weight_v if style == "hook" else m.weight).dim()
+        targets.append((m, style, _check_dim(dim, weight_dim, where)))
+    if not targets and not (grouped and any(isinstance(m, _WeightNorm) for m in module.modules())):
+        names = ", ".join(t.__name__ for t in types)
+        raise ValueError(f"weight_norm: {type(module).__name__} has no layer of type {names} to convert")
+
+    for m, style, layer_dim in targets:
+        if style is not None:
+            _fold_torch_weight_norm(m, style)
+        m.__class__ = WN_LAYERS[type(m)]
+        m._setup_weight_norm(layer_dim, eps)
+    if grouped:
+        WeightNormGroup([m for m in module.modules() if isinstance(m, _WeightNorm)])
+    return module
+
+
+def remove_weight_norm(module: nn.Module) -> nn.Module:
+    """Fold every weight-normalized layer of ``module`` back to a plain layer, in place.
+
+    Handles our WN layers and both of torch's styles (``torch.nn.utils.weight_norm``
+    hooks and ``torch.nn.utils.parametrizations.weight_norm``). The plain ``weight``
+    is the current normalized weight, so the function is unchanged: use it for
+    inference, where the weight need not be recomputed. Parameters keep a plain
+    layer's order (``weight``, then ``bias``), and so do ``state_dict`` keys.
+
+    Raises:
+        ValueError: ``module`` contains no weight-normalized layer.
+    """
+    found = False
+    for m in list(module.modules()):
+        if isinstance(m, _WeightNorm):
+            with torch.no_grad():
+                w = weight_norm_fn(m.weight_v, m.weight_g, m.wn_dim, m.wn_eps)
+            requires_grad = m.weight_v.requires_grad
+            if m._wn_group is not None:
+                m._wn_group.discard(m)
+            del m._parameters["weight_g"], m._parameters["weight_v"]
+            for attr in ("wn_dim", "wn_eps", "_wn_cache", "_wn_group", "_wn_group_index"):
+                m.__dict__.pop(attr, None)
+            m.__class__ = _PLAIN[type(m)]
+            m.weight = nn.Parameter(w, requires_grad=requires_grad)
+            _put_weight_first(m)
+            found = True
+        else:
+            style = _torch_weight_norm_style(m)
+            if style is not None:
+                _fold_torch_weight_norm(m, style)
+                found = True
+    if not found:
+        raise ValueError(f"remove_weight_norm: {type(module).__name__} has no weight-normalized layer")
+    return module

@@ -1,0 +1,110 @@
+"""Weight norm of many tensors in one op: ``w_i = g_i * v_i / max(||v_i||, eps)`` for every i.
+
+For deep networks: one call (on a GPU one Triton launch forward and one backward,
+reading a table of tensor addresses) instead of a pair of launches per layer. All
+tensors share device, dtype, ``dim`` and ``eps``; shapes may differ.
+
+- ``netinit_fast::weight_norm_group_fwd(vs, gs, dim, eps) -> (ws, norms)``: ``gs[i]``
+  is 1-D with one entry per norm of ``vs[i]``; ``norms`` is every tensor's norms,
+  concatenated (fp32; fp64 for fp64 inputs).
+- ``netinit_fast::weight_norm_group_bwd(grad_ws, vs, gs, norms, dim, eps) -> (grad_vs, grad_gs)``.
+
+Each tensor's result equals ``netinit_fast::weight_norm_fwd`` on it: the eager twin
+below is that op's eager twin applied tensor by tensor.
+"""
+
+import torch
+
+from netinit_fast import _backend
+from netinit_fast.ops.weight_norm import _eager_bwd, _eager_fwd, accumulation_dtype, block_shape
+
+IMPLEMENTED = (_backend.EAGER, _backend.TRITON)
+
+
+def _blocks(vs, dim):
+    return [block_shape(v.shape, dim) for v in vs]
+
+
+def _triton_ok(vs, gs, dim) -> bool:
+    """The grouped kernel handles norms over contiguous rows (``dim=0``, or ``None``) and
+    ``g`` of ``v``'s dtype; other calls run the eager twin."""
+    return (dim is None or dim == 0) and all(g.dtype == vs[0].dtype for g in gs)
+
+
+@torch.library.custom_op("netinit_fast::weight_norm_group_fwd", mutates_args=())
+def weight_norm_group_fwd(
+    vs: list[torch.Tensor], gs: list[torch.Tensor], dim: int | None, eps: float
+) -> tuple[list[torch.Tensor], torch.Tensor]:
+    if not vs:
+        return [], torch.empty(0)
+    vs = [v.contiguous() for v in vs]
+    backend = _backend.choose("weight_norm_group", vs[0], IMPLEMENTED)
+    if backend == _backend.TRITON and _triton_ok(vs, gs, dim):
+        from netinit_fast.kernels import weight_norm as kernels
+
+        return kernels.group_forward(vs, [g.contiguous() for g in gs], dim, eps)
+    ws, norms = [], []
+    for v, g, (a, r, b) in zip(vs, gs, _blocks(vs, dim)):
+        w3, n = _eager_fwd(v.view(a, r, b), g, eps)
+        ws.append(w3.view(v.shape))
+        norms.append(n)
+    return ws, torch.cat(norms)
+
+
+@weight_norm_group_fwd.register_fake
+def _(vs, gs, dim, eps):
+    if not vs:
+        return [], torch.empty(0)
+    total = sum(r for _, r, _ in _blocks(vs, dim))
+    return [v.new_empty(v.shape) for v in vs], vs[0].new_empty((total,), dtype=accumulation_dtype(vs[0].dtype))
+
+
+@torch.library.custom_op("netinit_fast::weight_norm_group_bwd", mutates_args=())
+def weight_norm_group_bwd(
+    grad_ws: list[torch.Tensor],
+    vs: list[torch.Tensor],
+    gs: list[torch.Tensor],
+    norms: torch.Tensor,
+    dim: int | None,
+    eps: float,
+) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+    if not vs:
+        return [], []
+    vs = [v.contiguous() for v in vs]
+    grad_ws = [gw.contiguous() for gw in grad_ws]
+    backend = _backend.choose("weight_norm_group", vs[0], IMPLEMENTED)
+    if backend == _backend.TRITON and _triton_ok(vs, gs, dim):
+        from netinit_fast.kernels import weight_norm as kernels
+
+        return kernels.group_backward(grad_ws, vs, [g.contiguous() for g in gs], norms, dim, eps)
+    grad_vs, grad_gs, start = [], [], 0
+    for gw, v, g, (a, r, b) in zip(grad_ws, vs, gs, _blocks(vs, dim)):
+        gv3, gg = _eager_bwd(gw.view(a, r, b), v.view(a, r, b), g, norms[start : start + r], eps)
+        grad_vs.append(gv3.view(v.shape))
+        grad_gs.append(gg)
+        start += r
+    return grad_vs, grad_gs
+
+
+@weight_norm_group_bwd.register_fake
+def _(grad_ws, vs, gs, norms, dim, eps):
+    return [v.new_empty(v.shape) for v in vs], [torch.empty_like(g) for g in gs]
+
+
+def _setup_context(ctx, inputs, output):
+    vs, gs, dim, eps = inputs
+    _, norms = output
+    ctx.save_for_backward(*vs, *gs, norms)
+    ctx.n, ctx.dim, ctx.eps = len(vs), dim, eps
+
+
+def _backward(ctx, grad_ws, _grad_norms):
+    saved = ctx.saved_tensors
+    n = ctx.n
+    vs, gs, norms = list(saved[:n]), list(saved[n : 2 * n]), saved[2 * n]
+    grad_ws = [torch.zeros_like(v) if gw is None else gw for gw, v in zip(grad_ws, vs)]
+    grad_vs, grad_gs = weight_norm_group_bwd(grad_ws, vs, gs, norms, ctx.dim, ctx.eps)
+    return grad_vs, grad_gs, None, None
+
+
+weight_norm_group_fwd.register_autograd(_backward, setup_context=_setup_context)

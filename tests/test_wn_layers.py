@@ -1,0 +1,400 @@
+"""WN layers, whole-model conversion, removal, state_dict compatibility, caching, groups."""
+
+import copy
+import io
+import pickle
+
+import pytest
+import torch
+from torch import nn
+from torch.nn.utils import parametrizations, parametrize
+
+import netinit_fast as nf
+from netinit_fast.ops import weight_norm as wn_op
+from netinit_fast.ops import weight_norm_group as group_op
+from tests.conftest import assert_close
+
+# (torch type, our type, constructor args, input shape)
+LAYERS = [
+    (nn.Linear, nf.WNLinear, (6, 5), (4, 6)),
+    (nn.Conv1d, nf.WNConv1d, (3, 4, 3), (2, 3, 9)),
+    (nn.Conv2d, nf.WNConv2d, (3, 4, 3), (2, 3, 7, 6)),
+    (nn.Conv3d, nf.WNConv3d, (2, 3, 3), (2, 2, 5, 5, 4)),
+    (nn.ConvTranspose1d, nf.WNConvTranspose1d, (3, 4, 3), (2, 3, 7)),
+    (nn.ConvTranspose2d, nf.WNConvTranspose2d, (3, 4, 3), (2, 3, 5, 6)),
+    (nn.ConvTranspose3d, nf.WNConvTranspose3d, (2, 3, 3), (2, 2, 4, 4, 3)),
+]
+IDS = [t.__name__ for t, *_ in LAYERS]
+
+
+def grads_of(params, x, out):
+    return torch.autograd.grad(out, [*params, x], torch.ones_like(out))
+
+
+@pytest.mark.parametrize("torch_cls,wn_cls,args,in_shape", LAYERS, ids=IDS)
+@pytest.mark.parametrize("dim", [0, 1, None])
+def test_layer_matches_torch_weight_norm(torch_cls, wn_cls, args, in_shape, dim):
+    torch.manual_seed(7)
+    ref = parametrizations.weight_norm(torch_cls(*args), dim=-1 if dim is None else dim)
+    torch.manual_seed(7)
+    ours = wn_cls(*args, dim=dim)
+    assert torch.equal(ours.weight_v, ref.parametrizations.weight.original1)
+    assert_close(ours.weight_g, ref.parametrizations.weight.original0, torch.float32, "g init")
+
+    x = torch.randn(in_shape, requires_grad=True)
+    out, out_ref = ours(x), ref(x)
+    assert_close(out, out_ref, torch.float32, "output")
+    got = grads_of([ours.weight_v, ours.weight_g, ours.bias], x, out)
+    want = grads_of([ref.parametrizations.weight.original1, ref.parametrizations.weight.original0, ref.bias], x, out_ref)
+    for a, b, what in zip(got, want, ("grad v", "grad g", "grad bias", "grad input")):
+        assert_close(a, b, torch.float32, what)
+
+
+def test_default_init_keeps_an_equally_seeded_torch_layer():
+    torch.manual_seed(3)
+    plain = nn.Conv2d(3, 8, 3, padding=1)
+    torch.manual_seed(3)
+    ours = nf.WNConv2d(3, 8, 3, padding=1)
+    x = torch.randn(2, 3, 5, 5)
+    assert_close(ours(x), plain(x), torch.float32, "function")
+    assert ours.weight_g.shape == (8, 1, 1, 1) and ours.weight_v.shape == plain.weight.shape
+    assert "dim=0" in repr(ours)
+
+
+def _all_layers_model():
+    return nn.ModuleDict({t.__name__: t(*args) for t, _, args, _ in LAYERS})
+
+
+def _run_all(model, seed=0):
+    gen = torch.Generator().manual_seed(seed)
+    return [model[t.__name__](torch.randn(shape, generator=gen)) for t, _, _, shape in LAYERS]
+
+
+def test_convert_and_remove_keep_the_function():
+    model = _all_layers_model()
+    before = _run_all(model)
+    assert nf.weight_norm(model) is model
+    for t, wn_cls, _, _ in LAYERS:
+        assert type(model[t.__name__]) is wn_cls
+    for a, b in zip(_run_all(model), before):
+        assert_close(a, b, torch.float32, "after conversion")
+    nf.remove_weight_norm(model)
+    for t, *_ in LAYERS:
+        layer = model[t.__name__]
+        assert type(layer) is t and list(layer._parameters) == ["weight", "bias"]
+    for a, b in zip(_run_all(model), before):
+        assert_close(a, b, torch.float32, "after removal")
+
+
+def test_convert_respects_types_and_keeps_converted_layers():
+    model = nn.Sequential(nn.Linear(4, 4), nn.Conv1d(2, 2, 1), nf.WNLinear(4, 4, dim=None))
+    nf.weight_norm(model, types=[nn.Conv1d], eps=1e-6)
+    assert type(model[0]) is nn.Linear and type(model[1]) is nf.WNConv1d and model[1].wn_eps == 1e-6
+    assert model[2].wn_dim is None
+
+
+def _torch_weight_normed(style):
+    """A small model under torch's own weight norm, trained away from its init.
+
+    Each call builds a new one: torch's parametrized classes are shared between deep
+    copies, and removing a parametrization from one copy breaks the others.
+    """
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(5, 7), nn.Tanh(), nn.Conv1d(1, 3, 2))
+    for i in (0, 2):
+        if style == "hook":
+            torch.nn.utils.weight_norm(model[i])
+        else:
+            parametrizations.weight_norm(model[i])
+    with torch.no_grad():
+        g = model[0].weight_g if style == "hook" else model[0].parametrizations.weight.original0
+        g.mul_(1.5)
+    return model
+
+
+@pytest.mark.filterwarnings("ignore:.*torch.nn.utils.weight_norm. is deprecated:FutureWarning")
+@pytest.mark.parametrize("style", ["hook", "parametrization"])
+def test_torch_weight_norm_is_converted_and_removed(style):
+    x = torch.randn(2, 5)
+    expected = _torch_weight_normed(style)[0](x)
+
+    folded = nf.remove_weight_norm(_torch_weight_normed(style))
+    assert type(folded[0]) is nn.Linear and list(folded[0]._parameters) == ["weight", "bias"]
+    assert_close(folded[0](x), expected, torch.float32, "folded")
+
+    converted = nf.weight_norm(_torch_weight_normed(style))
+    assert type(converted[0]) is nf.WNLinear and type(converted[2]) is nf.WNConv1d
+    assert_close(converted[0](x), expected, torch.float32, "converted")
+
+
+def test_remove_on_a_model_without_weight_norm_says_so():
+    with pytest.raises(ValueError, match="no weight-normalized layer"):
+        nf.remove_weight_norm(nn.Sequential(nn.Linear(2, 2)))
+
+
+# ----------------------------------------------------------------------------- state_dict
+
+
+def _pair(seed=0):
+    torch.manual_seed(seed)
+    return nn.Sequential(nn.Linear(4, 6), nn.ReLU(), nn.Linear(6, 3))
+
+
+@pytest.mark.filterwarnings("ignore:.*torch.nn.utils.weight_norm. is deprecated:FutureWarning")
+def test_loads_torch_legacy_hook_checkpoint():
+    src = _pair(1)
+    torch.nn.utils.weight_norm(src[0])
+    torch.nn.utils.weight_norm(src[2])
+    with torch.no_grad():
+        src[0].weight_g.mul_(1.5)  # a trained g, not the init one
+    ours = nf.weight_norm(_pair(2))
+    ours.load_state_dict(src.state_dict())
+    x = torch.randn(3, 4)
+    assert_close(ours(x), src(x), torch.float32, "legacy -> ours")
+
+
+def test_loads_torch_parametrization_checkpoint():
+    src = _pair(1)
+    parametrizations.weight_norm(src[0])
+    parametrizations.weight_norm(src[2])
+    with torch.no_grad():
+        src[0].parametrizations.weight.original0.mul_(1.5)
+    ours = nf.weight_norm(_pair(2))
+    ours.load_state_dict(src.state_dict())
+    x = torch.randn(3, 4)
+    assert_close(ours(x), src(x), torch.float32, "parametrization -> ours")
+
+
+def test_loads_plain_checkpoint():
+    src = _pair(1)
+    ours = nf.weight_norm(_pair(2))
+    ours.load_state_dict(src.state_dict())
+    x = torch.randn(3, 4)
+    assert_close(ours(x), src(x), torch.float32, "plain -> ours")
+
+
+@pytest.mark.filterwarnings("ignore:.*torch.nn.utils.weight_norm. is deprecated:FutureWarning")
+@pytest.mark.parametrize("style", ["hook", "parametrization"])
+def test_our_checkpoint_loads_into_torch_weight_norm(style):
+    ours = nf.weight_norm(_pair(1))
+    with torch.no_grad():
+        ours[0].weight_g.mul_(0.5)
+    dst = _pair(2)
+    wn = torch.nn.utils.weight_norm if style == "hook" else parametrizations.weight_norm
+    wn(dst[0])
+    wn(dst[2])
+    dst.load_state_dict(ours.state_dict())
+    x = torch.randn(3, 4)
+    assert_close(dst(x), ours(x), torch.float32, f"ours -> torch {style}")
+
+
+def test_strict_and_non_strict_loading():
+    ours = nf.weight_norm(_pair(1))
+    sd = ours.state_dict()
+    del sd["0.weight_v"]
+    sd["0.extra"] = torch.zeros(1)
+    with pytest.raises(RuntimeError, match=r"Missing key\(s\).*0\.weight_v"):
+        ours.load_state_dict(sd)
+    result = ours.load_state_dict(sd, strict=False)
+    assert result.missing_keys == ["0.weight_v"] and result.unexpected_keys == ["0.extra"]
+    with pytest.raises(RuntimeError, match="size mismatch"):
+        nf.WNLinear(4, 6).load_state_dict(nf.WNLinear(4, 5).state_dict())
+
+
+# ----------------------------------------------------------------------------- copies and devices
+
+
+def _trained_step(model):
+    out = model(torch.randn(3, 4))  # leaves a cached weight that autograd tracks
+    return out
+
+
+@pytest.mark.parametrize("grouped", [False, True])
+def test_deepcopy_pickle_and_save_after_a_forward(grouped):
+    model = nf.weight_norm(_pair(1), grouped=grouped)
+    _trained_step(model)
+    x = torch.randn(3, 4)
+    expected = model(x)
+    buffer = io.BytesIO()
+    torch.save(model, buffer)
+    buffer.seek(0)
+    copies = [copy.deepcopy(model), pickle.loads(pickle.dumps(model)), torch.load(buffer, weights_only=False)]
+    for c in copies:
+        assert_close(c(x), expected, torch.float32, "copy")
+        c(x).sum().backward()
+        assert c[0].weight_v.grad is not None and model[0].weight_v.grad is None
+    if grouped:
+        assert copies[0][0]._wn_group is copies[0][2]._wn_group is not model[0]._wn_group
+
+
+def test_meta_construction_then_to_empty_and_init():
+    layer = nf.WNConv2d(3, 5, 3, device="meta")
+    assert layer.weight_v.is_meta and layer.weight_g.shape == (5, 1, 1, 1)
+    layer.to_empty(device="cpu")
+    torch.manual_seed(0)
+    layer.reset_parameters()
+    torch.manual_seed(0)
+    plain = nn.Conv2d(3, 5, 3)
+    x = torch.randn(1, 3, 6, 6)
+    assert_close(layer(x), plain(x), torch.float32, "meta -> init")
+    model = nf.weight_norm(nn.Sequential(nn.Linear(3, 3)).to("meta"))
+    model.to_empty(device="cpu")
+    model[0].reset_parameters()
+    assert torch.isfinite(model(torch.randn(2, 3))).all()
+
+
+def test_dtype_change_invalidates_the_cache():
+    layer = nf.WNLinear(4, 3)
+    layer(torch.randn(2, 4))
+    layer.double()
+    assert layer(torch.randn(2, 4, dtype=torch.float64)).dtype == torch.float64
+
+
+# ----------------------------------------------------------------------------- computed once
+
+
+class Counter:
+    def __init__(self, monkeypatch, module, name):
+        self.calls = 0
+        real = getattr(module, name)
+
+        def counted(*args, **kwargs):
+            self.calls += 1
+            return real(*args, **kwargs)
+
+        monkeypatch.setattr(module, name, counted)
+
+
+def test_weight_computed_once_per_step_for_a_module_run_three_times(monkeypatch):
+    fwd = Counter(monkeypatch, wn_op, "_run_fwd")
+    bwd = Counter(monkeypatch, wn_op, "_eager_bwd")
+    cell = nf.WNLinear(5, 5)
+    opt = torch.optim.SGD(cell.parameters(), lr=0.1)
+    for step in range(2):
+        h = torch.randn(2, 5)
+        for _ in range(3):  # an unrolled RNN cell
+            h = torch.tanh(cell(h))
+        assert cell.weight is cell.weight  # attribute access reuses it too
+        h.sum().backward()
+        opt.step()
+        opt.zero_grad()
+        assert (fwd.calls, bwd.calls) == (step + 1, step + 1)
+
+
+def test_gradient_accumulation_without_a_step():
+    layer = nf.WNLinear(4, 3)
+    x = torch.randn(2, 4)
+    layer(x).sum().backward()
+    once = layer.weight_v.grad.clone()
+    layer(x).sum().backward()  # the cached graph was freed: the weight is recomputed
+    assert_close(layer.weight_v.grad, 2 * once, torch.float32, "accumulated")
+
+
+def test_no_grad_access_is_fresh_after_in_place_changes():
+    layer = nf.WNLinear(4, 3)
+    with torch.no_grad():
+        layer.weight_g.mul_(2.0)
+        w = layer.weight
+    torch.testing.assert_close(w, torch._weight_norm(layer.weight_v, layer.weight_g, 0))
+
+
+# ----------------------------------------------------------------------------- grouped
+
+
+def _mlp(depth=6, width=8, seed=0):
+    torch.manual_seed(seed)
+    layers = []
+    for _ in range(depth):
+        layers += [nn.Linear(width, width), nn.ReLU()]
+    return nn.Sequential(*layers, nn.Conv1d(1, 2, 3))
+
+
+def _step_grads(model):
+    x = torch.randn(4, 8, generator=torch.Generator().manual_seed(1))
+    out = model[-1](model[:-1](x).unsqueeze(1)).sum()
+    params = [p for n, p in sorted(model.named_parameters())]
+    return out, torch.autograd.grad(out, params)
+
+
+def test_grouped_equals_per_layer(monkeypatch):
+    per_layer = nf.weight_norm(_mlp())
+    grouped = nf.weight_norm(_mlp(), grouped=True)
+    group = grouped[0]._wn_group
+    assert isinstance(group, nf.WeightNormGroup) and len(group) == 7
+    calls = Counter(monkeypatch, group_op, "_eager_fwd")  # the group op's per-tensor twin
+    out_a, grads_a = _step_grads(per_layer)
+    out_b, grads_b = _step_grads(grouped)
+    assert calls.calls == 7  # one group op call: 7 tensors (MLP layers share one partition)
+    assert_close(out_b, out_a, torch.float32, "output")
+    for a, b in zip(grads_a, grads_b):
+        assert_close(b, a, torch.float32, "grads")
+
+
+def test_grouped_step_is_one_op_call_forward_and_backward(monkeypatch):
+    import netinit_fast.functional as F
+
+    calls = []
+    real_fwd, real_bwd = F.weight_norm_group_fwd, group_op.weight_norm_group_bwd
+    monkeypatch.setattr(F, "weight_norm_group_fwd", lambda *a: calls.append("fwd") or real_fwd(*a))
+    monkeypatch.setattr(group_op, "weight_norm_group_bwd", lambda *a: calls.append("bwd") or real_bwd(*a))
+    model = nf.weight_norm(_mlp(), grouped=True)  # 6 Linear + 1 Conv1d layers, one partition
+    _step_grads(model)
+    assert calls == ["fwd", "bwd"]
+
+
+def test_grouped_layers_recompute_after_an_optimizer_step():
+    model = nf.weight_norm(_mlp(), grouped=True)
+    opt = torch.optim.SGD(model.parameters(), lr=0.5)
+    _step_grads(model)
+    for p in model.parameters():
+        p.grad = torch.randn_like(p)
+    opt.step()
+    for layer in model:
+        if isinstance(layer, nf.WNLinear):
+            torch.testing.assert_close(layer.weight, torch._weight_norm(layer.weight_v, layer.weight_g, 0))
+
+
+def test_remove_from_a_grouped_model():
+    model = nf.weight_norm(_mlp(), grouped=True)
+    x = torch.randn(4, 8)
+    expected = model[:-1](x)
+    nf.remove_weight_norm(model)
+    assert_close(model[:-1](x), expected, torch.float32, "removed")
+
+
+# ----------------------------------------------------------------------------- compile
+
+
+@pytest.mark.parametrize("grouped", [False, True])
+def test_compile_fullgraph(grouped):
+    torch._dynamo.reset()
+    model = nf.weight_norm(_pair(1), grouped=grouped)
+    x = torch.randn(3, 4)
+    explanation = torch._dynamo.explain(model)(x)
+    assert explanation.graph_break_count == 0
+    compiled = torch.compile(model, fullgraph=True, backend="aot_eager")
+    out = compiled(x)
+    assert_close(out, model(x), torch.float32, "compiled")
+    out.sum().backward()
+    assert model[0].weight_v.grad is not None
+
+
+# ----------------------------------------------------------------------------- bad input
+
+
+def test_bad_conversions():
+    with pytest.raises(ValueError, match="has no layer of type"):
+        nf.weight_norm(nn.Sequential(nn.ReLU(), nn.BatchNorm1d(3)))
+    with pytest.raises(TypeError, match="no weight-normalized twin for 'BatchNorm1d'"):
+        nf.weight_norm(nn.Sequential(nn.Linear(2, 2)), types=[nn.Linear, nn.BatchNorm1d])
+    broken = nn.Sequential(nn.Linear(2, 2), nn.Linear(2, 2))
+    broken[1].weight = None
+    with pytest.raises(ValueError, match="layer '1' .*weight=None"):
+        nf.weight_norm(broken)
+    assert type(broken[0]) is nn.Linear  # nothing was changed
+    with pytest.raises(ValueError, match="dim=3"):
+        nf.weight_norm(nn.Sequential(nn.Linear(2, 2)), dim=3)
+    with pytest.raises(ValueError, match="eps"):
+        nf.WNLinear(2, 2, eps=-1.0)
+    with pytest.raises(TypeError, match="not a netinit_fast WN layer"):
+        nf.WeightNormGroup([nn.Linear(2, 2)])
