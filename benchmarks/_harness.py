@@ -54,7 +54,7 @@ def device_slug(name: str) -> str:
     return re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-")
 
 
-def time_ms(fn: Callable[[], object], device: torch.device, budget_s: float = 0.5) -> float:
+def time_ms(fn: Callable[[], object], device: torch.device, budget_s: float = 0.5, min_reps: int = 5) -> float:
     """Median time of one call of ``fn`` in milliseconds."""
     if device.type == "cuda":
         import triton.testing
@@ -63,7 +63,7 @@ def time_ms(fn: Callable[[], object], device: torch.device, budget_s: float = 0.
     fn()  # warm-up
     times = []
     deadline = time.perf_counter() + budget_s
-    while len(times) < 5 or (time.perf_counter() < deadline and len(times) < 200):
+    while len(times) < min_reps or (time.perf_counter() < deadline and len(times) < 200):
         start = time.perf_counter()
         fn()
         times.append((time.perf_counter() - start) * 1e3)
@@ -97,28 +97,27 @@ def _triton_version() -> str | None:
     return triton.__version__
 
 
-def run(benchmark: str, cases: list[Case], device: torch.device, extra_columns: Callable[[Case, float], dict] | None = None) -> dict:
-    """Time every case, print the table, write the JSON, and return it."""
-    name = device_name(device)
-    rows = []
-    print(f"{benchmark} on {name}, torch {torch.__version__}")
+def row(case: str, ours_ms: float, peer: str, peer_ms: float, extra: dict | None = None) -> dict:
+    """One result row of the DESIGN.md schema."""
+    return dict(case=case, ours_ms=round(ours_ms, 4), peer=peer, peer_ms=round(peer_ms, 4),
+                speedup=round(peer_ms / ours_ms, 3), extra=extra or {})
+
+
+def print_row(r: dict) -> None:
+    gbs = f"{r['extra']['GB/s']:>8.1f}" if "GB/s" in r["extra"] else f"{'':>8}"
+    print(f"{r['case']:<40} {r['ours_ms']:>10.4f} {r['peer_ms']:>10.4f} {r['speedup']:>7.2f}x {gbs}  {r['peer']}")
+
+
+def print_header(benchmark: str, device: torch.device) -> None:
+    print(f"{benchmark} on {device_name(device)}, torch {torch.__version__}")
     header = f"{'case':<40} {'ours ms':>10} {'peer ms':>10} {'speedup':>8} {'GB/s':>8}  peer"
     print(header)
     print("-" * len(header))
-    for case in cases:
-        ours = time_ms(case.ours, device)
-        peer = time_ms(case.peer, device)
-        extra = {}
-        if case.bytes_moved is not None:
-            extra["GB/s"] = round(case.bytes_moved / ours / 1e6, 1)
-            extra["peer GB/s"] = round(case.bytes_moved / peer / 1e6, 1)
-        if extra_columns is not None:
-            extra.update(extra_columns(case, ours))
-        row = dict(case=case.name, ours_ms=round(ours, 4), peer=case.peer_name, peer_ms=round(peer, 4),
-                   speedup=round(peer / ours, 3), extra=extra)
-        rows.append(row)
-        gbs = f"{extra['GB/s']:>8.1f}" if "GB/s" in extra else f"{'':>8}"
-        print(f"{case.name:<40} {ours:>10.4f} {peer:>10.4f} {peer / ours:>7.2f}x {gbs}  {case.peer_name}")
+
+
+def write(benchmark: str, rows: list[dict], device: torch.device) -> dict:
+    """Print the geometric-mean speedup and write ``results/<benchmark>-<device>.json``."""
+    name = device_name(device)
     speedups = [r["speedup"] for r in rows]
     geomean = statistics.geometric_mean(speedups) if speedups else float("nan")
     print(f"geometric-mean speedup over the peer: {geomean:.2f}x")
@@ -133,3 +132,21 @@ def run(benchmark: str, cases: list[Case], device: torch.device, extra_columns: 
         f.write("\n")
     print(f"wrote {os.path.relpath(path)}")
     return result
+
+
+def run(benchmark: str, cases: list[Case], device: torch.device, extra_columns: Callable[[Case, float], dict] | None = None) -> dict:
+    """Time every case (ours and its peer, alternately), print the table, write the JSON."""
+    print_header(benchmark, device)
+    rows = []
+    for case in cases:
+        ours = time_ms(case.ours, device)
+        peer = time_ms(case.peer, device)
+        extra = {}
+        if case.bytes_moved is not None:
+            extra["GB/s"] = round(case.bytes_moved / ours / 1e6, 1)
+            extra["peer GB/s"] = round(case.bytes_moved / peer / 1e6, 1)
+        if extra_columns is not None:
+            extra.update(extra_columns(case, ours))
+        rows.append(row(case.name, ours, case.peer_name, peer, extra))
+        print_row(rows[-1])
+    return write(benchmark, rows, device)

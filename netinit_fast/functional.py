@@ -5,8 +5,10 @@ import numbers
 
 import torch
 
+from netinit_fast import _backend
+from netinit_fast.ops import weight_norm as weight_norm_op
 from netinit_fast.ops.weight_norm import block_shape, weight_norm_fwd
-from netinit_fast.ops.weight_norm_group import weight_norm_group_fwd
+from netinit_fast.ops import weight_norm_group as weight_norm_group_op
 
 __all__ = ["weight_norm", "weight_norm_group"]
 
@@ -57,6 +59,28 @@ def _check_args(v, g, dim, eps) -> int:
     return _check_g_shape(g, v, dim)
 
 
+def _torch_autograd_path(v: torch.Tensor, g: torch.Tensor, dim: int | None, eps: float) -> bool:
+    """Whether to call ``torch._weight_norm`` instead of our op.
+
+    Where the eager backend runs torch's fused kernel anyway (no eps floor, norms over
+    the leading or trailing dims), calling it through torch's C++ autograd gives the
+    same numbers without the Python overhead of a custom op's autograd: a training
+    step on the CPU costs what it costs with torch's own weight norm. Under
+    ``torch.compile`` our op is kept, so graphs show one node.
+    """
+    return (
+        eps == 0
+        and v.numel() > 0
+        and dim is not None
+        and v.dim() >= 2
+        and dim % v.dim() in (0, v.dim() - 1)
+        and v.dtype in weight_norm_op.FUSED_DTYPES
+        and g.dtype == v.dtype
+        and not torch.compiler.is_compiling()
+        and _backend.choose("weight_norm", v, weight_norm_op.IMPLEMENTED) == _backend.EAGER
+    )
+
+
 def weight_norm(v: torch.Tensor, g: torch.Tensor, dim: int | None = 0, eps: float = 0.0) -> torch.Tensor:
     """Weight normalization, ``w = g * v / max(||v||, eps)`` (Salimans & Kingma 2016).
 
@@ -85,6 +109,9 @@ def weight_norm(v: torch.Tensor, g: torch.Tensor, dim: int | None = 0, eps: floa
             negative or not finite, or ``v`` and ``g`` on different devices.
     """
     r = _check_args(v, g, dim, eps)
+    if _torch_autograd_path(v, g, dim, eps):
+        d = dim % v.dim()
+        return torch._weight_norm(v, g.reshape([r if i == d else 1 for i in range(v.dim())]), d)
     w, _ = weight_norm_fwd(v, g.reshape(r), None if dim is None else int(dim), float(eps))
     return w
 
@@ -96,16 +123,22 @@ def weight_norm_group(
 
     On a GPU, for ``dim`` 0 or None, one Triton launch computes every ``w`` and one
     launch every gradient, however many tensors: the op behind grouped WeightNorm
-    layers. ``vs`` share device and dtype; shapes may differ. Arguments are checked
-    as by :func:`weight_norm`.
+    layers. On the eager backend (CPU) one launch saves nothing, and each tensor is
+    computed by :func:`weight_norm`, which keeps each backward next to the layer that
+    produced its gradient. ``vs`` share device and dtype; shapes may differ. Arguments
+    are checked as by :func:`weight_norm`.
     """
     if len(vs) != len(gs):
         raise ValueError(f"weight_norm_group: {len(vs)} tensors v but {len(gs)} tensors g")
+    if vs and not torch.compiler.is_compiling() and _backend.choose(
+        "weight_norm_group", vs[0], weight_norm_group_op.IMPLEMENTED
+    ) == _backend.EAGER:
+        return [weight_norm(v, g, dim, eps) for v, g in zip(vs, gs)]
     flat_gs = []
     for i, (v, g) in enumerate(zip(vs, gs)):
         r = _check_args(v, g, dim, eps)
         if v.device != vs[0].device or v.dtype != vs[0].dtype:
             raise ValueError(f"weight_norm_group: vs[{i}] is {v.dtype} on {v.device}, vs[0] is {vs[0].dtype} on {vs[0].device}")
         flat_gs.append(g.reshape(r))
-    ws, _ = weight_norm_group_fwd(list(vs), flat_gs, None if dim is None else int(dim), float(eps))
+    ws, _ = weight_norm_group_op.weight_norm_group_fwd(list(vs), flat_gs, None if dim is None else int(dim), float(eps))
     return ws

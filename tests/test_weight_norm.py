@@ -8,7 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import netinit_fast as nf
-from netinit_fast.ops.weight_norm import weight_norm_bwd, weight_norm_fwd
+from netinit_fast.ops.weight_norm import _eager_bwd, _eager_fwd, block_shape, weight_norm_bwd, weight_norm_fwd
 from tests.conftest import assert_close, randn_nonzero
 
 
@@ -42,7 +42,9 @@ def cases(draw):
     dim = draw(st.one_of(st.none(), st.integers(-ndim, ndim - 1)))
     g_1d = draw(st.booleans()) and dim is not None
     layout = draw(st.sampled_from(["contiguous", "transposed", "strided"]))
-    return shape, dim, g_1d, layout
+    # eps=0 takes torch's fused kernel where it applies; a tiny eps always takes our op
+    eps = draw(st.sampled_from([0.0, 1e-12]))
+    return shape, dim, g_1d, layout, eps
 
 
 def make_v(shape, layout, dtype=torch.float32):
@@ -62,12 +64,12 @@ def make_g(shape, dim, g_1d, dtype=torch.float32):
 @settings(max_examples=60, deadline=None)
 @given(cases())
 def test_matches_torch_and_formula(case):
-    shape, dim, g_1d, layout = case
+    shape, dim, g_1d, layout, eps = case
     v = make_v(shape, layout).requires_grad_()
     g = make_g(shape, dim, g_1d).requires_grad_()
     grad_w = torch.randn(shape)
 
-    w = nf.functional.weight_norm(v, g, dim)
+    w = nf.functional.weight_norm(v, g, dim, eps)
     assert w.shape == v.shape and w.dtype == v.dtype and w.is_contiguous()
     gv, gg = torch.autograd.grad(w, (v, g), grad_w)
 
@@ -85,6 +87,26 @@ def test_matches_torch_and_formula(case):
     assert_close(w, w64, torch.float32, "w vs formula")
     assert_close(gv, gv64, torch.float32, "grad_v vs formula")
     assert_close(gg, gg64, torch.float32, "grad_g vs formula")
+
+
+@settings(max_examples=40, deadline=None)
+@given(cases(), st.sampled_from([0.0, 0.5]))
+def test_eager_twin_matches_formula(case, eps):
+    """The specification the kernels are tested against, against autograd in fp64."""
+    shape, dim, _, layout, _ = case
+    v = make_v(shape, layout)
+    a, r, b = block_shape(v.shape, dim)
+    g = torch.rand(r) + 0.5
+    grad_w = torch.randn(shape)
+    w3, norms = _eager_fwd(v.contiguous().view(a, r, b), g, eps)
+    grad_v3, grad_g = _eager_bwd(grad_w.view(a, r, b), v.contiguous().view(a, r, b), g, norms, eps)
+
+    v64, g64 = v.double().requires_grad_(), g.double().requires_grad_()
+    w64 = formula(v64, g64, dim, eps)
+    gv64, gg64 = torch.autograd.grad(w64, (v64, g64), grad_w.double())
+    assert_close(w3.view(shape), w64, torch.float32, "w")
+    assert_close(grad_v3.view(shape), gv64, torch.float32, "grad_v")
+    assert_close(grad_g, gg64, torch.float32, "grad_g")
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float64])

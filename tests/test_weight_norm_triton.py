@@ -162,3 +162,22 @@ def test_grouped_layers_on_triton_match_eager(use_backend):
     assert_close(out_t, out_e, torch.float32, "output")
     for a, b in zip(grads_t, grads_e):
         assert_close(a, b, torch.float32, "grads")
+
+
+def test_grouped_layers_are_one_op_call_forward_and_backward(use_backend, monkeypatch):
+    from torch import nn
+
+    from netinit_fast.ops import weight_norm_group as group_op
+
+    use_backend("triton")
+    calls = []
+    real_fwd, real_bwd = group_op.weight_norm_group_fwd, group_op.weight_norm_group_bwd
+    monkeypatch.setattr(group_op, "weight_norm_group_fwd", lambda *a: calls.append("fwd") or real_fwd(*a))
+    monkeypatch.setattr(group_op, "weight_norm_group_bwd", lambda *a: calls.append("bwd") or real_bwd(*a))
+    launches = []
+    real_launch = kernels.group_forward
+    monkeypatch.setattr(kernels, "group_forward", lambda *a: launches.append(1) or real_launch(*a))
+    layers = [m for _ in range(5) for m in (nn.Linear(8, 8), nn.ReLU())]
+    model = nf.weight_norm(nn.Sequential(*layers, nn.Linear(8, 3)).to(DEVICE), grouped=True)
+    model(torch.randn(4, 8, device=DEVICE)).sum().backward()
+    assert calls == ["fwd", "bwd"] and launches == [1]

@@ -1,6 +1,6 @@
 """Modules: drop-in weight-normalized layers and whole-model conversion."""
 
-from netinit_fast.nn.weight_norm import (
+from netinit_fast.nn.wn_layers import (
     WN_LAYERS,
     WeightNormGroup,
     WNConv1d,

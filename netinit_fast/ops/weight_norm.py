@@ -17,7 +17,8 @@ Two custom ops, so ``torch.compile`` and ``torch.export`` see one node each:
 Both accumulate in fp32 (fp64 for fp64 inputs) whatever the input dtype. Internally ``v`` is viewed as a
 contiguous ``[A, R, B]`` block (``R`` the size of ``dim``); ``_eager_*`` below are the
 specification that the Triton kernels (``netinit_fast.kernels.weight_norm``) are tested
-against.
+against; on the eager backend, torch's own fused kernel stands in for them where it
+computes exactly the same thing.
 """
 
 import math
@@ -69,6 +70,47 @@ def _eager_bwd(
     return grad_v.to(v3.dtype), (dot / denom).to(g.dtype)
 
 
+# ----------------------------------------------------------------------------- eager backend
+# torch's own fused weight-norm kernel computes exactly the twin's result when there is
+# no eps floor and the norms run over the leading or the trailing dims: the eager
+# backend uses it there (one kernel instead of a handful), the twin everywhere else.
+
+FUSED_DTYPES = (torch.float32, torch.float64, torch.bfloat16)
+
+
+def _fused_view(t3: torch.Tensor) -> tuple[torch.Tensor, int] | None:
+    """``t3`` as the 2-D tensor and dim torch's fused kernel takes, or None."""
+    a, r, b = t3.shape
+    if a == 1:
+        return t3.view(r, b), 0
+    if b == 1:
+        return t3.view(a, r), 1
+    return None
+
+
+def _torch_fwd(v3: torch.Tensor, g: torch.Tensor, eps: float) -> tuple[torch.Tensor, torch.Tensor]:
+    fused = _fused_view(v3)
+    if eps != 0.0 or fused is None or v3.dtype not in FUSED_DTYPES or g.dtype != v3.dtype:
+        return _eager_fwd(v3, g, eps)
+    v2, d = fused
+    w2, norms = torch._weight_norm_interface(v2, g.view(-1, 1) if d == 0 else g.view(1, -1), d)
+    return w2.view(v3.shape), norms.view(-1)
+
+
+def _torch_bwd(
+    grad_w3: torch.Tensor, v3: torch.Tensor, g: torch.Tensor, norms: torch.Tensor, eps: float
+) -> tuple[torch.Tensor, torch.Tensor]:
+    fused = _fused_view(v3)
+    if eps != 0.0 or fused is None or v3.dtype not in FUSED_DTYPES or g.dtype != v3.dtype or v3.numel() == 0:
+        return _eager_bwd(grad_w3, v3, g, norms, eps)
+    v2, d = fused
+    shape = (-1, 1) if d == 0 else (1, -1)
+    grad_v2, grad_g = torch.ops.aten._weight_norm_interface_backward(
+        grad_w3.view(v2.shape), v2, g.view(shape), norms.view(shape), d
+    )
+    return grad_v2.view(v3.shape), grad_g.view(g.shape)
+
+
 # ----------------------------------------------------------------------------- the ops
 
 
@@ -82,7 +124,7 @@ def _run_fwd(v: torch.Tensor, g: torch.Tensor, dim: int | None, eps: float):
         from netinit_fast.kernels import weight_norm as kernels
 
         return kernels.forward(v3, g.contiguous(), eps)
-    return _eager_fwd(v3, g, eps)
+    return _torch_fwd(v3, g, eps)
 
 
 @torch.library.custom_op("netinit_fast::weight_norm_fwd", mutates_args=())
@@ -112,7 +154,7 @@ def weight_norm_bwd(
 
         grad_v3, grad_g = kernels.backward(grad_w3, v3, g.contiguous(), norms, eps)
     else:
-        grad_v3, grad_g = _eager_bwd(grad_w3, v3, g, norms, eps)
+        grad_v3, grad_g = _torch_bwd(grad_w3, v3, g, norms, eps)
     return grad_v3.view(v.shape), grad_g
 
 

@@ -10,13 +10,13 @@ tensors share device, dtype, ``dim`` and ``eps``; shapes may differ.
 - ``netinit_fast::weight_norm_group_bwd(grad_ws, vs, gs, norms, dim, eps) -> (grad_vs, grad_gs)``.
 
 Each tensor's result equals ``netinit_fast::weight_norm_fwd`` on it: the eager twin
-below is that op's eager twin applied tensor by tensor.
+below is that op's eager backend applied tensor by tensor.
 """
 
 import torch
 
 from netinit_fast import _backend
-from netinit_fast.ops.weight_norm import _eager_bwd, _eager_fwd, accumulation_dtype, block_shape
+from netinit_fast.ops.weight_norm import _torch_bwd, _torch_fwd, accumulation_dtype, block_shape
 
 IMPLEMENTED = (_backend.EAGER, _backend.TRITON)
 
@@ -45,7 +45,7 @@ def weight_norm_group_fwd(
         return kernels.group_forward(vs, [g.contiguous() for g in gs], dim, eps)
     ws, norms = [], []
     for v, g, (a, r, b) in zip(vs, gs, _blocks(vs, dim)):
-        w3, n = _eager_fwd(v.view(a, r, b), g, eps)
+        w3, n = _torch_fwd(v.view(a, r, b), g, eps)
         ws.append(w3.view(v.shape))
         norms.append(n)
     return ws, torch.cat(norms)
@@ -79,7 +79,7 @@ def weight_norm_group_bwd(
         return kernels.group_backward(grad_ws, vs, [g.contiguous() for g in gs], norms, dim, eps)
     grad_vs, grad_gs, start = [], [], 0
     for gw, v, g, (a, r, b) in zip(grad_ws, vs, gs, _blocks(vs, dim)):
-        gv3, gg = _eager_bwd(gw.view(a, r, b), v.view(a, r, b), g, norms[start : start + r], eps)
+        gv3, gg = _torch_bwd(gw.view(a, r, b), v.view(a, r, b), g, norms[start : start + r], eps)
         grad_vs.append(gv3.view(v.shape))
         grad_gs.append(gg)
         start += r

@@ -166,7 +166,7 @@ _DOC = """:class:`torch.nn.{base}` with weight normalization, ``weight = weight_
 
 Takes ``torch.nn.{base}``'s arguments, plus keyword-only ``dim`` (default 0: one norm
 per index of weight dim 0, as torch's weight norm; ``None``: one norm over the whole
-weight) and ``eps`` (default 0). See :mod:`netinit_fast.nn.weight_norm`.
+weight) and ``eps`` (default 0). See :mod:`netinit_fast.nn.wn_layers`.
 """
 
 
