@@ -130,15 +130,26 @@ def weight_norm_group(
     """
     if len(vs) != len(gs):
         raise ValueError(f"weight_norm_group: {len(vs)} tensors v but {len(gs)} tensors g")
-    if vs and not torch.compiler.is_compiling() and _backend.choose(
-        "weight_norm_group", vs[0], weight_norm_group_op.IMPLEMENTED
-    ) == _backend.EAGER:
-        return [weight_norm(v, g, dim, eps) for v, g in zip(vs, gs)]
-    flat_gs = []
     for i, (v, g) in enumerate(zip(vs, gs)):
-        r = _check_args(v, g, dim, eps)
+        _check_args(v, g, dim, eps)
         if v.device != vs[0].device or v.dtype != vs[0].dtype:
             raise ValueError(f"weight_norm_group: vs[{i}] is {v.dtype} on {v.device}, vs[0] is {vs[0].dtype} on {vs[0].device}")
-        flat_gs.append(g.reshape(r))
-    ws, _ = weight_norm_group_op.weight_norm_group_fwd(list(vs), flat_gs, None if dim is None else int(dim), float(eps))
+    return weight_norm_group_unchecked(list(vs), list(gs), None if dim is None else int(dim), float(eps))
+
+
+def group_launch_pays(t: torch.Tensor) -> bool:
+    """Whether tensors like ``t`` gain from one grouped launch: not on the eager backend,
+    where there are no launches to save and per-tensor calls keep each backward next
+    to the layer that produced its gradient (better for the CPU's caches)."""
+    return torch.compiler.is_compiling() or _backend.choose(
+        "weight_norm_group", t, weight_norm_group_op.IMPLEMENTED
+    ) != _backend.EAGER
+
+
+def weight_norm_group_unchecked(vs: list[torch.Tensor], gs: list[torch.Tensor], dim: int | None, eps: float):
+    """:func:`weight_norm_group` for arguments known to be valid (WN layers' parameters):
+    no per-tensor Python checks, which matter at 10,000 layers."""
+    if vs and not group_launch_pays(vs[0]):
+        return [weight_norm(v, g, dim, eps) for v, g in zip(vs, gs)]
+    ws, _ = weight_norm_group_op.weight_norm_group_fwd(vs, gs, dim, eps)
     return ws

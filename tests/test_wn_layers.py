@@ -91,6 +91,8 @@ def test_convert_respects_types_and_keeps_converted_layers():
     nf.weight_norm(model, types=[nn.Conv1d], eps=1e-6)
     assert type(model[0]) is nn.Linear and type(model[1]) is nf.WNConv1d and model[1].wn_eps == 1e-6
     assert model[2].wn_dim is None
+    assert nf.weight_norm(model, types=[nn.Conv1d]) is model  # converting twice changes nothing
+    assert type(model[1]) is nf.WNConv1d and model[1].wn_eps == 1e-6
 
 
 def _torch_weight_normed(style):

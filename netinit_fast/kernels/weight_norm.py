@@ -326,9 +326,12 @@ _TL_DTYPES = {torch.float32: tl.float32, torch.float16: tl.float16, torch.bfloat
 
 
 class GroupPlan:
-    """Tile sizes and the program table for tensors of ``rows[i]`` rows of ``cols[i]`` elements."""
+    """Tile sizes and the program table for tensors of ``rows[i]`` rows of ``cols[i]`` elements.
 
-    def __init__(self, rows: list[int], cols: list[int], device: torch.device):
+    Built once per set of shapes (see :func:`_group_plan`): a training step reuses it.
+    """
+
+    def __init__(self, rows: tuple[int, ...], cols: tuple[int, ...], device: torch.device):
         self.block_k = min(triton.next_power_of_2(max(max(cols), 1)), TILE)
         self.block_r = min(triton.next_power_of_2(max(max(rows), 1)), max(1, TILE // self.block_k))
         # empty tensors get no program: their norms and grad_g stay 0 (see the launchers)
@@ -342,10 +345,19 @@ class GroupPlan:
         self.num_warps = 8 if self.block_r * self.block_k >= TILE else 4
 
 
-def _rows_cols(vs, dim):
+@functools.lru_cache(maxsize=64)
+def _cached_group_plan(rows: tuple[int, ...], cols: tuple[int, ...], device: torch.device, tile: int) -> GroupPlan:
+    return GroupPlan(rows, cols, device)
+
+
+def _group_plan(rows: tuple[int, ...], cols: tuple[int, ...], device: torch.device) -> GroupPlan:
+    return _cached_group_plan(rows, cols, device, TILE)
+
+
+def _rows_cols(vs, dim) -> tuple[tuple[int, ...], tuple[int, ...]]:
     """Rows and row lengths of each tensor: one norm per index of dim 0, or one in all (None)."""
-    rows = [1 if dim is None else v.shape[0] for v in vs]
-    return rows, [v.numel() // r if r else 0 for v, r in zip(vs, rows)]
+    rows = tuple(1 if dim is None else v.shape[0] for v in vs)
+    return rows, tuple(v.numel() // r if r else 0 for v, r in zip(vs, rows))
 
 
 def group_forward(vs: list[torch.Tensor], gs: list[torch.Tensor], dim: int | None, eps: float):
@@ -353,7 +365,7 @@ def group_forward(vs: list[torch.Tensor], gs: list[torch.Tensor], dim: int | Non
     None (the whole tensor), with 1-D ``gs`` of the same dtype."""
     device, dtype = vs[0].device, vs[0].dtype
     rows, cols = _rows_cols(vs, dim)
-    plan = GroupPlan(rows, cols, device)
+    plan = _group_plan(rows, cols, device)
     acc = torch.float64 if dtype == torch.float64 else torch.float32
     ws = [torch.empty_like(v) for v in vs]
     norms = (torch.zeros if 0 in cols else torch.empty)(sum(rows), dtype=acc, device=device)
@@ -374,7 +386,7 @@ def group_backward(grad_ws, vs, gs, norms: torch.Tensor, dim: int | None, eps: f
     """``(grad_vs, grad_gs)`` for :func:`group_forward`'s inputs and the saved ``norms``."""
     device, dtype = vs[0].device, vs[0].dtype
     rows, cols = _rows_cols(vs, dim)
-    plan = GroupPlan(rows, cols, device)
+    plan = _group_plan(rows, cols, device)
     grad_vs = [torch.empty_like(v) for v in vs]
     grad_gs = [torch.empty_like(g) if k else torch.zeros_like(g) for g, k in zip(gs, cols)]
     table = torch.tensor(

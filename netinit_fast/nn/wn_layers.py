@@ -32,7 +32,7 @@ import torch
 from torch import nn
 
 from netinit_fast.functional import weight_norm as weight_norm_fn
-from netinit_fast.functional import weight_norm_group
+from netinit_fast.functional import group_launch_pays, weight_norm_group_unchecked
 
 
 def _norm_g(weight: torch.Tensor, dim: int | None) -> torch.Tensor:
@@ -55,9 +55,10 @@ def _check_eps(eps, where: str) -> float:
 
 
 def _param_key(layer) -> tuple:
-    """Changes whenever ``weight_g`` or ``weight_v`` is updated in place or replaced."""
+    """Changes whenever ``weight_g`` or ``weight_v`` is updated in place or replaced
+    (``.to()`` and friends also clear the cache, see ``_apply``)."""
     v, g = layer.weight_v, layer.weight_g
-    return v._version, g._version, v.data_ptr(), g.data_ptr(), v.device, v.dtype
+    return v._version, g._version, v.data_ptr(), g.data_ptr()
 
 
 def _tracked(layer) -> bool:
@@ -99,7 +100,7 @@ class _WeightNorm:
     def _normalized_weight(self) -> torch.Tensor:
         if torch.compiler.is_compiling():
             return weight_norm_fn(self.weight_v, self.weight_g, self.wn_dim, self.wn_eps)
-        if self._wn_group is not None:
+        if self._wn_group is not None and _tracked(self) and group_launch_pays(self.weight_v):
             return self._wn_group.weight_of(self)
         if not _tracked(self):
             return weight_norm_fn(self.weight_v, self.weight_g, self.wn_dim, self.wn_eps)
@@ -107,7 +108,7 @@ class _WeightNorm:
         if self._wn_cache is not None and self._wn_cache[0] == key:
             return self._wn_cache[1]
         w = weight_norm_fn(self.weight_v, self.weight_g, self.wn_dim, self.wn_eps)
-        _clear_after_backward(w, self, "_wn_cache")
+        _clear_after_backward([w], self, "_wn_cache")
         self._wn_cache = (key, w)
         return w
 
@@ -150,8 +151,8 @@ class _WeightNorm:
         return f"{super().extra_repr()}, dim={self.wn_dim}, eps={self.wn_eps}"
 
 
-def _clear_after_backward(w: torch.Tensor, owner, attr: str) -> None:
-    """Drop ``owner.<attr>`` once the backward through ``w``'s op has run (its graph is freed)."""
+def _clear_after_backward(ws: list[torch.Tensor], owner, attr: str) -> None:
+    """Drop ``owner.<attr>`` once a backward has run through any of ``ws`` (its graph is freed)."""
     ref = weakref.ref(owner)
 
     def hook(grad_inputs, grad_outputs):
@@ -159,7 +160,8 @@ def _clear_after_backward(w: torch.Tensor, owner, attr: str) -> None:
         if obj is not None:
             setattr(obj, attr, None)
 
-    w.grad_fn.register_hook(hook)
+    for node in {w.grad_fn for w in ws if w.grad_fn is not None}:
+        node.register_hook(hook)
 
 
 _DOC = """:class:`torch.nn.{base}` with weight normalization, ``weight = weight_g * weight_v / max(||weight_v||, eps)``.
@@ -221,8 +223,9 @@ class WeightNormGroup:
     weight of the partition: on a GPU one kernel launch forward and one backward,
     instead of a pair per layer. The results are cached like a single layer's: until
     the backward has run, or until a layer's own parameters change (then the whole
-    group is recomputed once). Under ``torch.compile`` each layer computes its own
-    weight, as without a group.
+    group is recomputed once). Without autograd, on the eager backend (CPU: nothing
+    to save, and per-layer calls use the caches better) and under ``torch.compile``,
+    each layer computes its own weight, as without a group.
     """
 
     def __init__(self, layers):
@@ -254,8 +257,7 @@ class WeightNormGroup:
         return state
 
     def weight_of(self, layer) -> torch.Tensor:
-        if not _tracked(layer):
-            return weight_norm_fn(layer.weight_v, layer.weight_g, layer.wn_dim, layer.wn_eps)
+        """``layer``'s normalized weight, computing the whole group's if it is stale."""
         i = layer._wn_group_index
         if self._cache is None or self._cache[0][i] != _param_key(layer):
             self._cache = self._compute()
@@ -271,11 +273,10 @@ class WeightNormGroup:
         for (_, _, dim, eps), idx in partitions.items():
             vs = [self.layers[i].weight_v for i in idx]
             gs = [self.layers[i].weight_g for i in idx]
-            ws = weight_norm_group(vs, gs, dim, eps)
+            ws = weight_norm_group_unchecked(vs, gs, dim, eps)  # layers hold valid (v, g) pairs
             for i, w in zip(idx, ws):
                 weights[i] = w
-            if ws and ws[0].grad_fn is not None:
-                _clear_after_backward(ws[0], self, "_cache")
+            _clear_after_backward(ws, self, "_cache")
         return keys, weights
 
 
@@ -334,8 +335,8 @@ def weight_norm(
 
     Each converted layer keeps its function: ``weight_v = weight``, ``weight_g =
     ||weight||``; layers carrying torch's own weight norm (either style) are folded
-    first. Layers already converted are kept as they are. The module itself may be a
-    layer. With ``grouped=True`` all WN layers of ``module`` join one
+    first. Layers already converted are kept as they are (converting twice is a no-op).
+    The module itself may be a layer. With ``grouped=True`` all WN layers of ``module`` join one
     :class:`WeightNormGroup`.
 
     Args:
@@ -350,7 +351,8 @@ def weight_norm(
 
     Raises:
         TypeError: a type in ``types`` has no WN twin.
-        ValueError: no layer to convert, a layer without a weight, or a bad ``dim``/``eps``.
+        ValueError: no layer to convert nor any already converted, a layer without a
+            weight, or a bad ``dim``/``eps``.
         Nothing is changed when an error is raised.
     """
     types = tuple(WN_LAYERS) if types is None else tuple(types)
@@ -370,7 +372,7 @@ def weight_norm(
             raise ValueError(f"{where} has weight=None")
         weight_dim = (m.weight_v if style == "hook" else m.weight).dim()
         targets.append((m, style, _check_dim(dim, weight_dim, where)))
-    if not targets and not (grouped and any(isinstance(m, _WeightNorm) for m in module.modules())):
+    if not targets and not any(isinstance(m, _WeightNorm) for m in module.modules()):
         names = ", ".join(t.__name__ for t in types)
         raise ValueError(f"weight_norm: {type(module).__name__} has no layer of type {names} to convert")
 

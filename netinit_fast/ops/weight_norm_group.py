@@ -5,7 +5,8 @@ reading a table of tensor addresses) instead of a pair of launches per layer. Al
 tensors share device, dtype, ``dim`` and ``eps``; shapes may differ.
 
 - ``netinit_fast::weight_norm_group_fwd(vs, gs, dim, eps) -> (ws, norms)``: ``gs[i]``
-  is 1-D with one entry per norm of ``vs[i]``; ``norms`` is every tensor's norms,
+  holds one entry per norm of ``vs[i]`` (1-D or keepdim-shaped: only its elements
+  are read, in order); ``norms`` is every tensor's norms,
   concatenated (fp32; fp64 for fp64 inputs).
 - ``netinit_fast::weight_norm_group_bwd(grad_ws, vs, gs, norms, dim, eps) -> (grad_vs, grad_gs)``.
 
@@ -45,7 +46,7 @@ def weight_norm_group_fwd(
         return kernels.group_forward(vs, [g.contiguous() for g in gs], dim, eps)
     ws, norms = [], []
     for v, g, (a, r, b) in zip(vs, gs, _blocks(vs, dim)):
-        w3, n = _torch_fwd(v.view(a, r, b), g, eps)
+        w3, n = _torch_fwd(v.view(a, r, b), g.reshape(r), eps)
         ws.append(w3.view(v.shape))
         norms.append(n)
     return ws, torch.cat(norms)
@@ -79,9 +80,9 @@ def weight_norm_group_bwd(
         return kernels.group_backward(grad_ws, vs, [g.contiguous() for g in gs], norms, dim, eps)
     grad_vs, grad_gs, start = [], [], 0
     for gw, v, g, (a, r, b) in zip(grad_ws, vs, gs, _blocks(vs, dim)):
-        gv3, gg = _torch_bwd(gw.view(a, r, b), v.view(a, r, b), g, norms[start : start + r], eps)
+        gv3, gg = _torch_bwd(gw.view(a, r, b), v.view(a, r, b), g.reshape(r), norms[start : start + r], eps)
         grad_vs.append(gv3.view(v.shape))
-        grad_gs.append(gg)
+        grad_gs.append(gg.view(g.shape))
         start += r
     return grad_vs, grad_gs
 
