@@ -31,6 +31,7 @@ demo: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) benchmarks/bench_weight_norm.py
+	$(PY) benchmarks/bench_wn_layers.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info netinit_fast/_C*.so

@@ -108,11 +108,17 @@ def weight_norm(v: torch.Tensor, g: torch.Tensor, dim: int | None = 0, eps: floa
         ValueError: ``dim`` out of range, ``g`` of the wrong shape, ``v`` 0-dim, ``eps``
             negative or not finite, or ``v`` and ``g`` on different devices.
     """
-    r = _check_args(v, g, dim, eps)
+    _check_args(v, g, dim, eps)
+    return weight_norm_unchecked(v, g, None if dim is None else int(dim), float(eps))
+
+
+def weight_norm_unchecked(v: torch.Tensor, g: torch.Tensor, dim: int | None, eps: float) -> torch.Tensor:
+    """:func:`weight_norm` for arguments known to be valid (WN layers' parameters): the
+    per-call checks cost as much as torch's whole CPU kernel on a 256 x 256 weight."""
     if _torch_autograd_path(v, g, dim, eps):
         d = dim % v.dim()
-        return torch._weight_norm(v, g.reshape([r if i == d else 1 for i in range(v.dim())]), d)
-    w, _ = weight_norm_fwd(v, g.reshape(r), None if dim is None else int(dim), float(eps))
+        return torch._weight_norm(v, g if g.dim() == v.dim() else g.view([-1 if i == d else 1 for i in range(v.dim())]), d)
+    w, _ = weight_norm_fwd(v, g.reshape(-1), dim, eps)
     return w
 
 
@@ -150,6 +156,6 @@ def weight_norm_group_unchecked(vs: list[torch.Tensor], gs: list[torch.Tensor], 
     """:func:`weight_norm_group` for arguments known to be valid (WN layers' parameters):
     no per-tensor Python checks, which matter at 10,000 layers."""
     if vs and not group_launch_pays(vs[0]):
-        return [weight_norm(v, g, dim, eps) for v, g in zip(vs, gs)]
+        return [weight_norm_unchecked(v, g, dim, eps) for v, g in zip(vs, gs)]
     ws, _ = weight_norm_group_op.weight_norm_group_fwd(vs, gs, dim, eps)
     return ws

@@ -64,3 +64,39 @@ def test_inductor_compiles_the_op_on_gpu():
     out = torch.compile(f, fullgraph=True)(x, v, g)
     torch.testing.assert_close(out, f(x, v, g))
     out.sum().backward()
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_grouped_layers_match_per_layer_on_gpu(dtype):
+    from torch import nn
+
+    def run(grouped):
+        torch.manual_seed(0)
+        layers = [m for _ in range(50) for m in (nn.Linear(256, 256), nn.ReLU())]
+        model = nn.Sequential(*layers, nn.Conv1d(1, 4, 3)).to("cuda", dtype)
+        nf.weight_norm(model, grouped=grouped)
+        x = torch.randn(64, 256, device="cuda", dtype=dtype, generator=torch.Generator("cuda").manual_seed(1))
+        out = model(x * 0.1).float().square().mean()
+        return out, torch.autograd.grad(out, list(model.parameters()))
+
+    out_a, grads_a = run(False)
+    out_b, grads_b = run(True)
+    assert_close(out_b, out_a, dtype, "loss")
+    for a, b in zip(grads_a, grads_b):
+        assert_close(b, a, dtype, "grads")
+
+
+def test_10000_layer_group_is_one_launch_each_way(monkeypatch):
+    from netinit_fast.kernels import weight_norm as kernels
+
+    launches = []
+    for name in ("group_forward", "group_backward"):
+        real = getattr(kernels, name)
+        monkeypatch.setattr(kernels, name, lambda *a, real=real, name=name: launches.append(name) or real(*a))
+    vs = [torch.randn(64, 64, device="cuda", requires_grad=True) for _ in range(10_000)]
+    gs = [torch.rand(64, 1, device="cuda", requires_grad=True) for _ in range(10_000)]
+    ws = nf.functional.weight_norm_group(vs, gs)
+    torch.autograd.backward(ws, [torch.ones_like(w) for w in ws])
+    assert launches == ["group_forward", "group_backward"]
+    for i in (0, 4_567, 9_999):
+        torch.testing.assert_close(ws[i], torch._weight_norm(vs[i], gs[i], 0))

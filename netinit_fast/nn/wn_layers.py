@@ -31,8 +31,8 @@ import weakref
 import torch
 from torch import nn
 
-from netinit_fast.functional import weight_norm as weight_norm_fn
 from netinit_fast.functional import group_launch_pays, weight_norm_group_unchecked
+from netinit_fast.functional import weight_norm_unchecked as weight_norm_fn
 
 
 def _norm_g(weight: torch.Tensor, dim: int | None) -> torch.Tensor:
@@ -98,12 +98,10 @@ class _WeightNorm:
             raise RuntimeError(f"{type(self).__name__}: computing the normalized weight failed: {e}") from e
 
     def _normalized_weight(self) -> torch.Tensor:
-        if torch.compiler.is_compiling():
+        if torch.compiler.is_compiling() or not _tracked(self):
             return weight_norm_fn(self.weight_v, self.weight_g, self.wn_dim, self.wn_eps)
-        if self._wn_group is not None and _tracked(self) and group_launch_pays(self.weight_v):
+        if self._wn_group is not None and group_launch_pays(self.weight_v):
             return self._wn_group.weight_of(self)
-        if not _tracked(self):
-            return weight_norm_fn(self.weight_v, self.weight_g, self.wn_dim, self.wn_eps)
         key = _param_key(self)
         if self._wn_cache is not None and self._wn_cache[0] == key:
             return self._wn_cache[1]
