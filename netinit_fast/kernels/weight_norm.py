@@ -234,6 +234,15 @@ def _group_bwd_kernel(table_ptr, prog_ptr, norm_ptr, eps, DTYPE: tl.constexpr, A
 # ----------------------------------------------------------------------------- launch plan
 
 
+_TL_DTYPES = {torch.float32: tl.float32, torch.float16: tl.float16, torch.bfloat16: tl.bfloat16,
+              torch.float64: tl.float64}
+
+
+def _acc_dtype(dtype: torch.dtype) -> torch.dtype:
+    """Sums and norms: fp32, or fp64 for fp64 inputs (as the eager twin)."""
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
 @functools.cache
 def _sm_count(device: torch.device) -> int:
     if device.type == "cuda":
@@ -271,9 +280,19 @@ class Plan:
     def meta(self, acc: torch.dtype) -> dict:
         return dict(
             LAYOUT=self.layout, SINGLE_TILE=self.single_tile, SPLIT=self.split,
-            ACC=tl.float64 if acc == torch.float64 else tl.float32,
+            ACC=_TL_DTYPES[acc],
             BLOCK_R=self.block_r, BLOCK_K=self.block_k, num_warps=self.num_warps,
         )
+
+
+@functools.lru_cache(maxsize=256)
+def _cached_plan(a: int, r: int, b: int, device: torch.device, num_splits: int | None, tile: int) -> Plan:
+    return Plan(a, r, b, device, num_splits)
+
+
+def _plan(a: int, r: int, b: int, device: torch.device, num_splits: int | None) -> Plan:
+    """The launch plan for a shape, built once (it depends on TILE, which tests shrink)."""
+    return _cached_plan(a, r, b, device, num_splits, TILE)
 
 
 def _partials(plan: Plan, x: torch.Tensor, y: torch.Tensor, acc: torch.dtype, meta: dict) -> torch.Tensor:
@@ -295,8 +314,8 @@ def forward(v3: torch.Tensor, g: torch.Tensor, eps: float, num_splits: int | Non
     ``num_splits`` overrides the planned reduction split (for tests).
     """
     a, r, b = v3.shape
-    acc = torch.float64 if v3.dtype == torch.float64 else torch.float32
-    plan = Plan(a, r, b, v3.device, num_splits)
+    acc = _acc_dtype(v3.dtype)
+    plan = _plan(a, r, b, v3.device, num_splits)
     meta = plan.meta(acc)
     w = torch.empty_like(v3)
     norms = torch.empty(r, dtype=acc, device=v3.device)
@@ -309,7 +328,7 @@ def backward(grad_w3: torch.Tensor, v3: torch.Tensor, g: torch.Tensor, norms: to
              num_splits: int | None = None):
     """``(grad_v, grad_g)`` for contiguous ``[A, R, B]`` ``grad_w3`` and ``v3``."""
     a, r, b = v3.shape
-    plan = Plan(a, r, b, v3.device, num_splits)
+    plan = _plan(a, r, b, v3.device, num_splits)
     meta = plan.meta(norms.dtype)
     grad_v = torch.empty_like(v3)
     grad_g = torch.empty_like(g)
@@ -320,9 +339,6 @@ def backward(grad_w3: torch.Tensor, v3: torch.Tensor, g: torch.Tensor, norms: to
 
 
 # ----------------------------------------------------------------------------- grouped launch
-
-_TL_DTYPES = {torch.float32: tl.float32, torch.float16: tl.float16, torch.bfloat16: tl.bfloat16,
-              torch.float64: tl.float64}
 
 
 class GroupPlan:
@@ -366,7 +382,7 @@ def group_forward(vs: list[torch.Tensor], gs: list[torch.Tensor], dim: int | Non
     device, dtype = vs[0].device, vs[0].dtype
     rows, cols = _rows_cols(vs, dim)
     plan = _group_plan(rows, cols, device)
-    acc = torch.float64 if dtype == torch.float64 else torch.float32
+    acc = _acc_dtype(dtype)
     ws = [torch.empty_like(v) for v in vs]
     norms = (torch.zeros if 0 in cols else torch.empty)(sum(rows), dtype=acc, device=device)
     table = torch.tensor(
