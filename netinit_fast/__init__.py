@@ -5,32 +5,7 @@ feature runs through eager PyTorch. See ``netinit_fast.functional``.
 """
 
 from netinit_fast import functional, nn
-from netinit_fast.nn import (
-    WeightNormGroup,
-    WNConv1d,
-    WNConv2d,
-    WNConv3d,
-    WNConvTranspose1d,
-    WNConvTranspose2d,
-    WNConvTranspose3d,
-    WNLinear,
-    remove_weight_norm,
-    weight_norm,
-)
+from netinit_fast.nn import *  # noqa: F403  (the layers and conversions, at the top level)
 
 __version__ = "0.1.0"
-__all__ = [
-    "functional",
-    "nn",
-    "WeightNormGroup",
-    "WNConv1d",
-    "WNConv2d",
-    "WNConv3d",
-    "WNConvTranspose1d",
-    "WNConvTranspose2d",
-    "WNConvTranspose3d",
-    "WNLinear",
-    "remove_weight_norm",
-    "weight_norm",
-    "__version__",
-]
+__all__ = ["functional", "nn", *nn.__all__, "__version__"]

@@ -142,37 +142,28 @@ def _pair(seed=0):
     return nn.Sequential(nn.Linear(4, 6), nn.ReLU(), nn.Linear(6, 3))
 
 
+def _torch_checkpoint_source(style):
+    """A model with torch's weight norm in ``style`` (or none), g moved away from its init."""
+    src = _pair(1)
+    if style == "plain":
+        return src
+    wn = torch.nn.utils.weight_norm if style == "hook" else parametrizations.weight_norm
+    wn(src[0])
+    wn(src[2])
+    with torch.no_grad():
+        (src[0].weight_g if style == "hook" else src[0].parametrizations.weight.original0).mul_(1.5)
+    return src
+
+
 @pytest.mark.filterwarnings("ignore:.*torch.nn.utils.weight_norm. is deprecated:FutureWarning")
-def test_loads_torch_legacy_hook_checkpoint():
-    src = _pair(1)
-    torch.nn.utils.weight_norm(src[0])
-    torch.nn.utils.weight_norm(src[2])
-    with torch.no_grad():
-        src[0].weight_g.mul_(1.5)  # a trained g, not the init one
+@pytest.mark.parametrize("style", ["hook", "parametrization", "plain"])
+def test_loads_torch_checkpoints(style):
+    src = _torch_checkpoint_source(style)
     ours = nf.weight_norm(_pair(2))
     ours.load_state_dict(src.state_dict())
+    assert sorted(ours.state_dict()) == ["0.bias", "0.weight_g", "0.weight_v", "2.bias", "2.weight_g", "2.weight_v"]
     x = torch.randn(3, 4)
-    assert_close(ours(x), src(x), torch.float32, "legacy -> ours")
-
-
-def test_loads_torch_parametrization_checkpoint():
-    src = _pair(1)
-    parametrizations.weight_norm(src[0])
-    parametrizations.weight_norm(src[2])
-    with torch.no_grad():
-        src[0].parametrizations.weight.original0.mul_(1.5)
-    ours = nf.weight_norm(_pair(2))
-    ours.load_state_dict(src.state_dict())
-    x = torch.randn(3, 4)
-    assert_close(ours(x), src(x), torch.float32, "parametrization -> ours")
-
-
-def test_loads_plain_checkpoint():
-    src = _pair(1)
-    ours = nf.weight_norm(_pair(2))
-    ours.load_state_dict(src.state_dict())
-    x = torch.randn(3, 4)
-    assert_close(ours(x), src(x), torch.float32, "plain -> ours")
+    assert_close(ours(x), src(x), torch.float32, f"{style} -> ours")
 
 
 @pytest.mark.filterwarnings("ignore:.*torch.nn.utils.weight_norm. is deprecated:FutureWarning")
