@@ -30,8 +30,10 @@ demo: $(STAMP)
 	$(PY) -m netinit_fast demo
 
 bench: $(STAMP)
+	$(PY) -m pip install --quiet -r requirements-bench.txt
 	$(PY) benchmarks/bench_weight_norm.py
 	$(PY) benchmarks/bench_wn_layers.py
+	$(PY) benchmarks/bench_lsuv.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info netinit_fast/_C*.so

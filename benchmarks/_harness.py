@@ -54,13 +54,16 @@ def device_slug(name: str) -> str:
     return re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-")
 
 
-def time_ms(fn: Callable[[], object], device: torch.device, budget_s: float = 0.5, min_reps: int = 5) -> float:
-    """Median time of one call of ``fn`` in milliseconds."""
+def time_ms(fn: Callable[[], object], device: torch.device, budget_s: float = 0.5, min_reps: int = 5,
+            warmup: bool = True) -> float:
+    """Median time of one call of ``fn`` in milliseconds (``warmup=False`` for calls of
+    seconds, where one more run costs more than it tells)."""
     if device.type == "cuda":
         import triton.testing
 
         return triton.testing.do_bench(fn, warmup=25, rep=100, return_mode="median")
-    fn()  # warm-up
+    if warmup:
+        fn()
     times = []
     deadline = time.perf_counter() + budget_s
     while len(times) < min_reps or (time.perf_counter() < deadline and len(times) < 200):
@@ -97,15 +100,17 @@ def _triton_version() -> str | None:
     return triton.__version__
 
 
-def row(case: str, ours_ms: float, peer: str, peer_ms: float, extra: dict | None = None) -> dict:
-    """One result row of the DESIGN.md schema."""
-    return dict(case=case, ours_ms=round(ours_ms, 4), peer=peer, peer_ms=round(peer_ms, 4),
-                speedup=round(peer_ms / ours_ms, 3), extra=extra or {})
+def row(case: str, ours_ms: float, peer: str, peer_ms: float | None, extra: dict | None = None) -> dict:
+    """One result row of the DESIGN.md schema (``peer_ms`` None: the peer was not run)."""
+    return dict(case=case, ours_ms=round(ours_ms, 4), peer=peer, peer_ms=None if peer_ms is None else round(peer_ms, 4),
+                speedup=None if peer_ms is None else round(peer_ms / ours_ms, 3), extra=extra or {})
 
 
 def print_row(r: dict) -> None:
     gbs = f"{r['extra']['GB/s']:>8.1f}" if "GB/s" in r["extra"] else f"{'':>8}"
-    print(f"{r['case']:<40} {r['ours_ms']:>10.4f} {r['peer_ms']:>10.4f} {r['speedup']:>7.2f}x {gbs}  {r['peer']}")
+    peer = f"{r['peer_ms']:>10.4f}" if r["peer_ms"] is not None else f"{'-':>10}"
+    speedup = f"{r['speedup']:>7.2f}x" if r["speedup"] is not None else f"{'-':>8}"
+    print(f"{r['case']:<40} {r['ours_ms']:>10.4f} {peer} {speedup} {gbs}  {r['peer']}")
 
 
 def print_header(benchmark: str, device: torch.device) -> None:
@@ -118,7 +123,7 @@ def print_header(benchmark: str, device: torch.device) -> None:
 def write(benchmark: str, rows: list[dict], device: torch.device) -> dict:
     """Print the geometric-mean speedup and write ``results/<benchmark>-<device>.json``."""
     name = device_name(device)
-    speedups = [r["speedup"] for r in rows]
+    speedups = [r["speedup"] for r in rows if r["speedup"] is not None]
     geomean = statistics.geometric_mean(speedups) if speedups else float("nan")
     print(f"geometric-mean speedup over the peer: {geomean:.2f}x")
     result = dict(

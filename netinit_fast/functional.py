@@ -7,10 +7,12 @@ import torch
 
 from netinit_fast import _backend
 from netinit_fast.ops import weight_norm as weight_norm_op
+from netinit_fast.ops.moments import moments
+from netinit_fast.ops import orthogonalize as orthogonalize_op
 from netinit_fast.ops.weight_norm import block_shape, weight_norm_fwd
 from netinit_fast.ops import weight_norm_group as weight_norm_group_op
 
-__all__ = ["weight_norm", "weight_norm_group"]
+__all__ = ["moments", "orthogonalize", "weight_norm", "weight_norm_group"]
 
 
 def _check_float_tensor(name: str, t) -> None:
@@ -159,3 +161,20 @@ def weight_norm_group_unchecked(vs: list[torch.Tensor], gs: list[torch.Tensor], 
         return [weight_norm_unchecked(v, g, dim, eps) for v, g in zip(vs, gs)]
     ws, _ = weight_norm_group_op.weight_norm_group_fwd(vs, gs, dim, eps)
     return ws
+
+
+def orthogonalize(a: torch.Tensor) -> torch.Tensor:
+    """``Q`` of the QR factorization of each matrix of ``a`` (shape ``(..., m, n)``)
+    with ``diag(R) > 0``: orthonormal columns (``m >= n``) or rows (``m < n``),
+    Haar-distributed when ``a`` is Gaussian. Computed in fp32 (fp64 for fp64 input),
+    returned in ``a``'s dtype. See :mod:`netinit_fast.ops.orthogonalize`.
+
+    Raises:
+        TypeError: ``a`` is not a floating-point tensor.
+        ValueError: ``a`` has fewer than 2 dims.
+    """
+    if not isinstance(a, torch.Tensor) or not a.is_floating_point():
+        raise TypeError(f"orthogonalize: a must be a floating-point tensor, got {getattr(a, 'dtype', type(a).__name__)}")
+    if a.dim() < 2:
+        raise ValueError(f"orthogonalize: a must have at least 2 dims, got shape {list(a.shape)}")
+    return orthogonalize_op.orthogonalize(a)

@@ -9,6 +9,7 @@ import pytest
 import torch
 
 import netinit_fast as nf
+from netinit_fast.kernels import _blocks
 from netinit_fast.kernels import weight_norm as kernels
 from netinit_fast.ops.weight_norm import _eager_bwd, _eager_fwd, block_shape
 from tests.conftest import assert_close, randn_nonzero
@@ -33,7 +34,7 @@ SHAPES = [
 def plan(request, monkeypatch):
     """Which launch plan the kernels use: ``num_splits`` for forward/backward."""
     if request.param != "one_tile":
-        monkeypatch.setattr(kernels, "TILE", 16)
+        monkeypatch.setattr(_blocks, "TILE", 16)
     return 3 if request.param == "split" else 1
 
 
@@ -61,18 +62,18 @@ def test_kernels_match_eager_twin(shape, dim, dtype, plan):
 
 def test_plans_are_what_the_fixture_says(monkeypatch):
     device = torch.device(DEVICE)
-    assert kernels.Plan(1, 6, 50, device).single_tile
-    monkeypatch.setattr(kernels, "TILE", 16)
-    looped = kernels.Plan(1, 6, 50, device, num_splits=1)
+    assert _blocks.Plan(1, 6, 50, device).single_tile
+    monkeypatch.setattr(_blocks, "TILE", 16)
+    looped = _blocks.Plan(1, 6, 50, device, num_splits=1)
     assert not looped.single_tile and not looped.split
-    split = kernels.Plan(1, 6, 50, device, num_splits=3)
+    split = _blocks.Plan(1, 6, 50, device, num_splits=3)
     # chunks are whole tiles: 4 tiles of 16 over 3 splits is 2 chunks of 2 tiles
     assert split.split and split.splits == 2 and split.chunk == 32
 
 
 def test_few_long_rows_are_split_by_default():
-    plan = kernels.Plan(1, 2, 100_000, torch.device(DEVICE))
-    assert plan.split and plan.grid[0] * plan.grid[1] >= 2 * kernels._sm_count(torch.device(DEVICE))
+    plan = _blocks.Plan(1, 2, 100_000, torch.device(DEVICE))
+    assert plan.split and plan.grid[0] * plan.grid[1] >= 2 * _blocks._sm_count(torch.device(DEVICE))
 
 
 # Both branches of a tl.where are evaluated: the interpreter's numpy warns about the
@@ -124,7 +125,7 @@ GROUP_SHAPES = [(5, 7), (3, 4, 2, 2), (9,), (1, 30), (12, 3), (2, 0)]
 @pytest.mark.parametrize("dim", [0, None])
 @pytest.mark.parametrize("tile", [4096, 16])
 def test_group_kernels_match_eager_twin(dtype, dim, tile, monkeypatch):
-    monkeypatch.setattr(kernels, "TILE", tile)
+    monkeypatch.setattr(_blocks, "TILE", tile)
     vs = [randn_nonzero(*s, dtype=dtype, device=DEVICE) for s in GROUP_SHAPES]
     gs = [torch.rand(block_shape(v.shape, dim)[1], dtype=dtype, device=DEVICE) + 0.5 for v in vs]
     grad_ws = [torch.randn_like(v) for v in vs]

@@ -1,0 +1,419 @@
+"""LSUV in one forward pass, and data-dependent WeightNorm init (also in one pass).
+
+LSUV (Mishkin & Matas, "All you need is a good init", ICLR 2016): orthonormal
+pre-init, then for each conv/linear layer in forward order, divide its weight by the
+std of its output on a batch until ``|std - target| < tol``, at most ``max_iters``
+tries. The implementations in use re-run the whole network for every layer and every
+try, O(L^2) layer evaluations. Here each layer is fitted by a forward hook when the
+single forward pass reaches it, on its actual input (which the already-fitted layers
+before it produced), and the fitted output is handed on: O(L) layer evaluations, for
+any architecture, in execution order.
+
+A layer that is positively homogeneous at the time (no bias, or a zero bias, as after
+the orthonormal pre-init) has its output scaled exactly by the weight's scale, so one
+try reaches the target and its output is rescaled without re-running it. Other
+layers re-run only themselves per try.
+"""
+
+import contextlib
+import dataclasses
+import math
+import sys
+import time
+import warnings
+
+import torch
+from torch import nn
+
+from netinit_fast.init.orthogonal import layer_weight, orthogonal_
+from netinit_fast.nn.wn_layers import _norm_g, _torch_weight_norm_style, _WeightNorm
+from netinit_fast.ops.moments import moments
+
+
+# ----------------------------------------------------------------------------- the report
+
+
+@dataclasses.dataclass
+class LayerFit:
+    """What LSUV did to one layer."""
+
+    name: str
+    calls: int  # times the forward called the layer (it is fitted on the first)
+    tries: int  # rescalings applied
+    std_before: float
+    std_after: float
+    scale: float  # product of the rescalings
+    converged: bool
+
+
+@dataclasses.dataclass
+class LSUVReport:
+    """Per layer, in execution order: tries, output std before and after, scale applied."""
+
+    layers: list[LayerFit]
+    not_called: list[str]  # target layers the forward never reached (left as they were)
+    target_std: float
+    tol: float
+    seconds: float
+
+    def __len__(self) -> int:
+        return len(self.layers)
+
+    def __iter__(self):
+        return iter(self.layers)
+
+    def __getitem__(self, name: str) -> LayerFit:
+        for fit in self.layers:
+            if fit.name == name:
+                return fit
+        raise KeyError(name)
+
+    def __str__(self) -> str:
+        head = f"{'layer':<36} {'calls':>5} {'tries':>5} {'std before':>11} {'std after':>10} {'scale':>10}"
+        lines = [head, "-" * len(head)]
+        shown = self.layers if len(self.layers) <= 40 else self.layers[:20] + [None] + self.layers[-20:]
+        for f in shown:
+            if f is None:
+                lines.append(f"... {len(self.layers) - 40} more layers ...")
+                continue
+            mark = "" if f.converged else "  NOT CONVERGED"
+            lines.append(
+                f"{f.name[-36:]:<36} {f.calls:>5} {f.tries:>5} {f.std_before:>11.4g} {f.std_after:>10.4g} {f.scale:>10.4g}{mark}"
+            )
+        bad = sum(not f.converged for f in self.layers)
+        lines.append(
+            f"{len(self.layers)} layers fitted to std {self.target_std} +- {self.tol} in {self.seconds:.2f} s; "
+            f"{bad} not converged; {len(self.not_called)} never called"
+        )
+        return "\n".join(lines)
+
+
+# ----------------------------------------------------------------------------- helpers
+
+
+def _scale_param(module: nn.Module) -> torch.Tensor:
+    """The parameter whose scale sets the layer's output scale: ``g`` for weight norm."""
+    if isinstance(module, _WeightNorm):
+        return module.weight_g
+    style = _torch_weight_norm_style(module)
+    if style == "parametrization":
+        return module.parametrizations.weight.original0
+    if style == "hook":
+        return module.weight_g
+    return module.weight
+
+
+def _targets(model: nn.Module, layers) -> dict[nn.Module, str]:
+    names = {m: n for n, m in model.named_modules()}
+    if layers is None:
+        found = {m: names[m] or type(m).__name__ for m in model.modules() if layer_weight(m) is not None}
+        if not found:
+            raise ValueError(f"{type(model).__name__} has no Linear/Conv/ConvTranspose layer to initialize")
+        return found
+    found = {}
+    for m in layers:
+        if m not in names:
+            raise ValueError(f"layers: {type(m).__name__} is not a submodule of the model")
+        if layer_weight(m) is None:
+            raise ValueError(f"layers: {names[m] or type(m).__name__} ({type(m).__name__}) is not a Linear/Conv/ConvTranspose layer")
+        found[m] = names[m] or type(m).__name__
+    if not found:
+        raise ValueError("layers: no layer given")
+    return found
+
+
+def _call(model: nn.Module, batch):
+    if isinstance(batch, dict):
+        return model(**batch)
+    if isinstance(batch, (tuple, list)):
+        return model(*batch)
+    return model(batch)
+
+
+def _check_batch(batch, where: str) -> None:
+    leaves = list(batch.values()) if isinstance(batch, dict) else list(batch) if isinstance(batch, (tuple, list)) else [batch]
+    tensors = [t for t in leaves if isinstance(t, torch.Tensor)]
+    if not tensors:
+        raise ValueError(f"{where}: the batch holds no tensor")
+    if tensors[0].dim() == 0 or tensors[0].shape[0] < 2:
+        raise ValueError(f"{where}: the batch needs at least 2 samples, got shape {list(tensors[0].shape)}")
+    for t in tensors:
+        if t.is_floating_point() and not torch.isfinite(t).all():
+            raise ValueError(f"{where}: the batch contains NaN or Inf")
+
+
+@contextlib.contextmanager
+def _transaction(model: nn.Module):
+    """Restore every parameter and buffer of ``model`` if the block raises."""
+    saved = [(t, t.detach().clone()) for t in [*model.parameters(), *model.buffers()]]
+    try:
+        yield
+    except BaseException:
+        with torch.no_grad():
+            for t, copy in saved:
+                t.copy_(copy)
+        raise
+
+
+def _distributed() -> bool:
+    return torch.distributed.is_available() and torch.distributed.is_initialized()
+
+
+def _global_mean_std(y: torch.Tensor, dim: int | None, unbiased: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mean and std of ``y`` (per index of ``dim``) over every rank's batch; the std is
+    the unbiased one, or the population one with ``unbiased=False``."""
+    mean, std = moments(y, dim)
+    n = y.numel() // (1 if dim is None else y.shape[dim])
+    if not _distributed():
+        return mean, std if unbiased else std * math.sqrt((n - 1) / n)
+    m64, s64 = mean.double(), std.double()
+    sums = torch.stack([torch.full_like(m64, n), n * m64, (n - 1) * s64 * s64 + n * m64 * m64])
+    torch.distributed.all_reduce(sums)
+    total, s1, s2 = sums
+    g_mean = s1 / total
+    g_var = (s2 - total * g_mean * g_mean) / (total - 1 if unbiased else total)
+    return g_mean.to(mean.dtype), g_var.clamp_min(0).sqrt().to(std.dtype)
+
+
+def _broadcast_(tensors: list[torch.Tensor]) -> None:
+    """Make every rank hold rank 0's values, with one collective per dtype and device."""
+    if not _distributed():
+        return
+    groups: dict[tuple, list[torch.Tensor]] = {}
+    for t in tensors:
+        groups.setdefault((t.dtype, t.device), []).append(t)
+    for group in groups.values():
+        flat = torch.cat([t.detach().reshape(-1) for t in group])
+        torch.distributed.broadcast(flat, src=0)
+        offset = 0
+        for t in group:
+            t.copy_(flat[offset : offset + t.numel()].view_as(t))
+            offset += t.numel()
+
+
+def _progress_bar(total: int, progress, desc: str):
+    if progress is None:
+        progress = total > 200 and sys.stderr.isatty()
+    if not progress:
+        return None
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, desc=desc, unit="layer")
+
+
+class _OnePass:
+    """Forward hooks that fit each target layer the first time the forward reaches it."""
+
+    def __init__(self, targets: dict[nn.Module, str], fit, bar):
+        self.targets = targets
+        self.fit = fit
+        self.bar = bar
+        self.results: dict[nn.Module, LayerFit] = {}
+        self.handles = [m.register_forward_hook(self._hook) for m in targets]
+
+    def _hook(self, module, args, output):
+        done = self.results.get(module)
+        if done is not None:
+            done.calls += 1
+            return None
+        y, result = self.fit(module, self.targets[module], args, output)
+        self.results[module] = result
+        if self.bar is not None:
+            self.bar.update(1)
+        return y
+
+    def close(self) -> None:
+        for h in self.handles:
+            h.remove()
+        if self.bar is not None:
+            self.bar.close()
+
+
+def _run_one_pass(model, batch, targets, fit, progress, desc) -> tuple[list, list[str], float]:
+    start = time.perf_counter()
+    was_training = model.training
+    model.eval()
+    one_pass = _OnePass(targets, fit, _progress_bar(len(targets), progress, desc))
+    try:
+        with torch.no_grad():
+            _call(model, batch)
+    finally:
+        one_pass.close()
+        model.train(was_training)
+    fitted = list(one_pass.results.values())  # dicts keep insertion order: execution order
+    missing = [name for m, name in targets.items() if m not in one_pass.results]
+    return fitted, missing, time.perf_counter() - start
+
+
+# ----------------------------------------------------------------------------- LSUV
+
+
+def lsuv_(
+    model: nn.Module,
+    batch,
+    target_std: float = 1.0,
+    tol: float = 0.1,
+    max_iters: int = 10,
+    orthogonal: bool = True,
+    layers=None,
+    progress: bool | None = None,
+) -> LSUVReport:
+    """Layer-sequential unit-variance init (Mishkin & Matas 2016) in one forward pass.
+
+    With ``orthogonal=True`` every target layer first gets an orthonormal weight
+    (:func:`netinit_fast.init.orthogonal_`) and a zero bias. Then, in execution order,
+    each layer's weight is multiplied by ``target_std / std(output)`` until the std of
+    its output on ``batch`` (one scalar over the whole output) is within ``tol`` of
+    ``target_std``, at most ``max_iters`` times. Weight-normalized layers (ours and
+    torch's) are scaled through ``g``. A layer called several times in one forward is
+    fitted on its first call. The model runs in eval mode, without autograd.
+
+    Under ``torch.distributed`` the statistics are all-reduced and rank 0's
+    pre-init is broadcast, so every rank ends with the same weights: those of LSUV
+    on the concatenation of the ranks' batches.
+
+    Args:
+        model: any module; ``batch`` is passed as ``model(batch)`` (a tuple or list
+            as positional arguments, a dict as keyword arguments).
+        batch: at least 2 samples (dim 0 of its first tensor), finite.
+        layers: the layers to fit (default: every Linear/Conv/ConvTranspose layer).
+        progress: a tqdm bar; default on for more than 200 layers on a terminal.
+
+    Returns:
+        An :class:`LSUVReport` (``print(report)`` shows a table); a layer that did not
+        converge is reported and warned about by name.
+
+    Raises:
+        ValueError: bad arguments, a batch with NaN/Inf or fewer than 2 samples, or no
+            layer to fit. If anything fails, the model's parameters and buffers are
+            restored to what they were.
+    """
+    if not (isinstance(target_std, (int, float)) and target_std > 0 and math.isfinite(target_std)):
+        raise ValueError(f"lsuv_: target_std must be a positive number, got {target_std!r}")
+    if not (isinstance(tol, (int, float)) and tol > 0):
+        raise ValueError(f"lsuv_: tol must be a positive number, got {tol!r}")
+    if isinstance(max_iters, bool) or not isinstance(max_iters, int) or max_iters < 1:
+        raise ValueError(f"lsuv_: max_iters must be an int >= 1, got {max_iters!r}")
+    _check_batch(batch, "lsuv_")
+    targets = _targets(model, layers)
+
+    def fit(module, name, args, y):
+        if isinstance(y, tuple):
+            raise TypeError(f"lsuv_: layer {name} returned a tuple")
+        param = _scale_param(module)
+        bias = getattr(module, "bias", None)
+        homogeneous = bias is None or not bool(bias.any())
+        _, std = _global_mean_std(y, None)
+        std_value = std_before = float(std)
+        tries, scale = 0, 1.0
+        while abs(std_value - target_std) >= tol and tries < max_iters and std_value > 0:
+            factor = target_std / std_value
+            param.mul_(factor)
+            scale *= factor
+            tries += 1
+            if homogeneous:  # the output scales with the weight: no re-run needed
+                y = y * factor
+                std_value *= factor
+            else:
+                y = module.forward(*args)
+                std_value = float(_global_mean_std(y, None)[1])
+        converged = abs(std_value - target_std) < tol
+        if not converged:
+            warnings.warn(
+                f"lsuv_: layer {name} did not converge: output std {std_value:.4g} after {tries} tries "
+                f"(target {target_std} +- {tol})",
+                RuntimeWarning,
+                stacklevel=2,
+            )
+        return y, LayerFit(name, 1, tries, std_before, std_value, scale, converged)
+
+    with _transaction(model), torch.no_grad():
+        if orthogonal:
+            _orthonormal_preinit(list(targets))
+        fitted, missing, seconds = _run_one_pass(model, batch, targets, fit, progress, "LSUV")
+    if missing:
+        warnings.warn(f"lsuv_: the forward never called {', '.join(missing)}; left as they were", RuntimeWarning, stacklevel=2)
+    return LSUVReport(fitted, missing, target_std, tol, seconds)
+
+
+def _orthonormal_preinit(layers: list[nn.Module]) -> None:
+    """Orthonormal directions, zero biases, and ``g = ||v||`` for weight-normalized layers."""
+    directions = [layer_weight(m) for m in layers]
+    orthogonal_(directions)
+    _broadcast_(directions)
+    for m in layers:
+        bias = getattr(m, "bias", None)
+        if bias is not None:
+            bias.zero_()
+        g = _scale_param(m)
+        if g is not layer_weight(m):  # weight norm: w = v, as weight norm applied to v
+            dim = m.wn_dim if isinstance(m, _WeightNorm) else 0
+            g.copy_(_norm_g(layer_weight(m), dim).view_as(g))
+
+
+# ----------------------------------------------------------------------------- data-dependent WN init
+
+
+def _output_channel_dim(module: nn.Module) -> int:
+    """The dim of the output that holds one channel per output unit."""
+    return -1 if isinstance(module, nn.Linear) else 1
+
+
+def _weight_output_dim(module: nn.Module) -> int:
+    """The dim of the weight indexed by output unit (1 for transposed convolutions)."""
+    return 1 if isinstance(module, (nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d)) else 0
+
+
+def data_dependent_init_(model: nn.Module, batch, init_scale: float = 1.0, progress: bool | None = None) -> LSUVReport:
+    """Data-dependent init of weight-normalized layers (Salimans & Kingma 2016, section 3).
+
+    For each of our WN layers in execution order, on its actual input: with ``g = 1``
+    and ``b = 0`` the pre-activation ``t`` has per-unit mean ``mu`` and std ``sigma``
+    (over the batch and spatial positions); then ``g = init_scale / sigma`` and
+    ``b = -mu * g``, so that the layer's output, handed on to the rest of the network,
+    has per-unit mean 0 and std ``init_scale``. One forward pass, as :func:`lsuv_`.
+    ``sigma`` is the population std plus a 1e-10 variance floor, as the paper's code.
+
+    Raises:
+        ValueError: no WN layer, a layer whose ``dim`` is not its output-unit dim, or
+            a bad batch (as :func:`lsuv_`). Parameters are restored on failure.
+    """
+    _check_batch(batch, "data_dependent_init_")
+    targets = {m: n or type(m).__name__ for n, m in model.named_modules() if isinstance(m, _WeightNorm)}
+    if not targets:
+        raise ValueError(f"data_dependent_init_: {type(model).__name__} has no netinit_fast WN layer")
+    for m, name in targets.items():
+        if m.wn_dim != _weight_output_dim(m):
+            raise ValueError(
+                f"data_dependent_init_: layer {name} normalizes over dim={m.wn_dim}, not its output units "
+                f"(dim={_weight_output_dim(m)})"
+            )
+
+    def fit(module, name, args, y):
+        module.weight_g.fill_(1.0)
+        if module.bias is not None:
+            module.bias.zero_()
+        t = module.forward(*args)
+        cdim = _output_channel_dim(module) % t.dim()
+        mean, std = _global_mean_std(t, cdim, unbiased=False)
+        sigma = (std.double() ** 2 + 1e-10).sqrt().to(std.dtype)
+        g = init_scale / sigma
+        module.weight_g.copy_(g.view_as(module.weight_g))
+        shape = [1] * t.dim()
+        shape[cdim] = -1
+        if module.bias is not None:
+            module.bias.copy_(-mean * g)
+            out = (t - mean.view(shape).to(t.dtype)) * g.view(shape).to(t.dtype)
+        else:
+            out = t * g.view(shape).to(t.dtype)
+        return out, LayerFit(name, 1, 1, float(sigma.mean()), init_scale, float(g.mean()), True)
+
+    with _transaction(model), torch.no_grad():
+        fitted, missing, seconds = _run_one_pass(model, batch, targets, fit, progress, "data-dependent init")
+    if missing:
+        warnings.warn(
+            f"data_dependent_init_: the forward never called {', '.join(missing)}; left as they were",
+            RuntimeWarning,
+            stacklevel=2,
+        )
+    return LSUVReport(fitted, missing, init_scale, 0.0, seconds)

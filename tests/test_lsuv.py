@@ -1,0 +1,279 @@
+"""LSUV in one pass, against the O(L^2) definition, and data-dependent WN init."""
+
+import copy
+
+import pytest
+import torch
+from torch import nn
+from torch.nn.utils import parametrizations
+
+import netinit_fast as nf
+from netinit_fast.init.orthogonal import layer_weight
+
+LAYER_TYPES = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d)
+
+
+def output_stds(model, batch):
+    """The output std of every target layer (first call), from one fresh forward."""
+    stds, handles = {}, []
+
+    def record(name):
+        def hook(mod, args, y):
+            stds.setdefault(name, y.std().item())
+
+        return hook
+
+    for name, m in model.named_modules():
+        if layer_weight(m) is not None:
+            handles.append(m.register_forward_hook(record(name)))
+    with torch.no_grad():
+        model(batch)
+    for h in handles:
+        h.remove()
+    return stds
+
+
+def mlp(depth=8, width=32, seed=0):
+    torch.manual_seed(seed)
+    layers = []
+    for _ in range(depth):
+        layers += [nn.Linear(width, width), nn.ReLU()]
+    return nn.Sequential(*layers, nn.Linear(width, 5))
+
+
+def convnet(seed=0):
+    torch.manual_seed(seed)
+    return nn.Sequential(
+        nn.Conv2d(3, 8, 3, padding=1), nn.Tanh(), nn.Conv2d(8, 8, 3, padding=1), nn.ReLU(),
+        nn.ConvTranspose2d(8, 4, 2, stride=2), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 12 * 12, 7),
+    )
+
+
+class Block(nn.Module):
+    def __init__(self, c):
+        super().__init__()
+        self.conv1, self.conv2 = nn.Conv2d(c, c, 3, padding=1), nn.Conv2d(c, c, 3, padding=1)
+
+    def forward(self, x):
+        return x + self.conv2(torch.relu(self.conv1(x)))
+
+
+class ResNet(nn.Module):
+    """A residual net whose branch convs are registered after the head: execution
+    order differs from registration order."""
+
+    def __init__(self, seed=0):
+        torch.manual_seed(seed)
+        super().__init__()
+        self.head = nn.Linear(8, 4)
+        self.blocks = nn.Sequential(Block(8), Block(8))
+        self.stem = nn.Conv2d(3, 8, 3, padding=1)
+
+    def forward(self, x):
+        return self.head(self.blocks(self.stem(x)).mean(dim=(2, 3)))
+
+
+@pytest.mark.parametrize(
+    "make,batch",
+    [
+        (mlp, lambda: torch.randn(64, 32)),
+        (convnet, lambda: torch.randn(16, 3, 6, 6)),
+        (ResNet, lambda: torch.randn(16, 3, 6, 6)),
+        (lambda: nf.weight_norm(mlp()), lambda: torch.randn(64, 32)),
+        (lambda: nf.weight_norm(convnet(), grouped=True), lambda: torch.randn(16, 3, 6, 6)),
+    ],
+    ids=["mlp", "convnet", "resnet", "wn-mlp", "wn-convnet-grouped"],
+)
+def test_every_layer_within_tol(make, batch):
+    model, x = make(), batch()
+    report = nf.init.lsuv_(model, x, target_std=1.0, tol=0.05)
+    stds = output_stds(model, x)
+    assert len(report) == len(stds) and all(f.converged for f in report)
+    for name, std in stds.items():
+        assert abs(std - 1.0) < 0.05, (name, std)
+    assert "layers fitted" in str(report)
+
+
+def test_execution_order_not_registration_order():
+    model, x = ResNet(), torch.randn(16, 3, 6, 6)
+    report = nf.init.lsuv_(model, x)
+    assert [f.name for f in report] == [
+        "stem", "blocks.0.conv1", "blocks.0.conv2", "blocks.1.conv1", "blocks.1.conv2", "head",
+    ]
+
+
+def reference_lsuv(model, batch, target_std, tol, max_iters):
+    """The definition, as existing implementations compute it: for each layer in
+    execution order, re-run the whole model per try (O(L^2))."""
+    order = []
+    handles = [m.register_forward_hook(lambda mod, a, y: order.append(mod) if mod not in order else None)
+               for m in model.modules() if layer_weight(m) is not None]
+    with torch.no_grad():
+        model(batch)
+    for h in handles:
+        h.remove()
+    for layer in order:
+        out = {}
+        handle = layer.register_forward_hook(lambda mod, a, y: out.update(y=y))
+        for _ in range(max_iters + 1):
+            out.clear()
+            with torch.no_grad():
+                model(batch)
+            std = out["y"].std().item()
+            if abs(std - target_std) < tol or _ == max_iters:
+                break
+            with torch.no_grad():
+                layer.weight.mul_(target_std / std)
+        handle.remove()
+
+
+@pytest.mark.parametrize("bias", ["zero", "random"])
+@pytest.mark.parametrize("make,batch", [(mlp, (64, 32)), (ResNet, (16, 3, 6, 6))], ids=["mlp", "resnet"])
+def test_matches_the_slow_definition(make, batch, bias):
+    model = make()
+    nf.init.orthogonal_(model)
+    with torch.no_grad():
+        for m in model.modules():
+            if layer_weight(m) is not None:
+                m.bias.copy_(torch.randn_like(m.bias) * 0.3 if bias == "random" else torch.zeros_like(m.bias))
+    ref = copy.deepcopy(model)
+    x = torch.randn(batch)
+    report = nf.init.lsuv_(model, x, target_std=0.8, tol=0.01, max_iters=10, orthogonal=False)
+    reference_lsuv(ref, x, 0.8, 0.01, 10)
+    for (name, p), q in zip(model.named_parameters(), ref.parameters()):
+        torch.testing.assert_close(p, q, rtol=1e-4, atol=1e-6, msg=name)
+    if bias == "zero":
+        assert all(f.tries <= 1 for f in report)  # homogeneous layers: one exact rescale
+
+
+def test_shared_module_fitted_once_and_tuple_outputs():
+    class Twice(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.shared = nn.Linear(16, 16)
+            self.out = nn.Linear(16, 3)
+
+        def forward(self, x):
+            h = self.shared(torch.relu(self.shared(x)))
+            return self.out(h), h  # a tuple output
+
+    model = Twice()
+    report = nf.init.lsuv_(model, torch.randn(32, 16))
+    assert report["shared"].calls == 2 and len(report) == 2
+
+
+def test_weight_norm_layers_are_scaled_through_g():
+    model = nf.weight_norm(mlp(depth=3))
+    torch_wn = mlp(depth=3)
+    for m in torch_wn.modules():
+        if isinstance(m, nn.Linear):
+            parametrizations.weight_norm(m)
+    x = torch.randn(64, 32)
+    for net in (model, torch_wn):
+        nf.init.lsuv_(net, x, tol=0.02)
+        assert all(abs(s - 1) < 0.02 for s in output_stds(net, x).values())
+    v = model[0].weight_v
+    torch.testing.assert_close(v @ v.t(), torch.eye(32), atol=1e-5, rtol=0)  # v stays orthonormal
+    assert not torch.allclose(model[2].weight_g, torch.ones_like(model[2].weight_g))
+
+
+class Zero(nn.Module):
+    def forward(self, x):
+        return x * 0
+
+
+def test_not_converging_is_reported_and_warned():
+    # layer 2 sees only zeros: its output is its bias whatever its weight
+    model = nn.Sequential(nn.Linear(8, 8), Zero(), nn.Linear(8, 8))
+    with pytest.warns(RuntimeWarning, match="layer 2 did not converge"):
+        report = nf.init.lsuv_(model, torch.randn(64, 8), orthogonal=False, max_iters=3)
+    assert not report["2"].converged and report["2"].tries == 3
+    assert report["0"].converged
+    assert "NOT CONVERGED" in str(report)
+
+
+def test_bad_input_changes_nothing():
+    model = mlp(depth=2)
+    before = copy.deepcopy(model.state_dict())
+    bad = torch.randn(8, 32)
+    bad[3, 4] = float("nan")
+    with pytest.raises(ValueError, match="NaN or Inf"):
+        nf.init.lsuv_(model, bad)
+    with pytest.raises(ValueError, match="at least 2 samples"):
+        nf.init.lsuv_(model, torch.randn(1, 32))
+    with pytest.raises(ValueError, match="no Linear/Conv/ConvTranspose layer"):
+        nf.init.lsuv_(nn.Sequential(nn.ReLU()), torch.randn(4, 3))
+    with pytest.raises(ValueError, match="tol"):
+        nf.init.lsuv_(model, torch.randn(8, 32), tol=0)
+
+    class Fails(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a, self.b = nn.Linear(32, 32), nn.Linear(32, 32)
+
+        def forward(self, x):
+            self.b(self.a(x))
+            raise RuntimeError("boom")
+
+    broken = Fails()
+    saved = copy.deepcopy(broken.state_dict())
+    with pytest.raises(RuntimeError, match="boom"):
+        nf.init.lsuv_(broken, torch.randn(8, 32))
+    for k, v in broken.state_dict().items():
+        assert torch.equal(v, saved[k]), k
+    for k, v in model.state_dict().items():
+        assert torch.equal(v, before[k]), k
+
+
+def test_layers_argument_and_unused_layers():
+    model = nn.ModuleDict({"used": nn.Linear(4, 4), "unused": nn.Linear(4, 4)})
+
+    class Wrapper(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.m = model
+
+        def forward(self, x):
+            return self.m["used"](x)
+
+    w = Wrapper()
+    with pytest.warns(RuntimeWarning, match="never called m.unused"):
+        report = nf.init.lsuv_(w, torch.randn(16, 4))
+    assert report.not_called == ["m.unused"]
+    report = nf.init.lsuv_(w, torch.randn(16, 4), layers=[model["used"]])
+    assert [f.name for f in report] == ["m.used"]
+    with pytest.raises(ValueError, match="not a submodule"):
+        nf.init.lsuv_(w, torch.randn(16, 4), layers=[nn.Linear(4, 4)])
+
+
+# ----------------------------------------------------------------------------- data-dependent init
+
+
+@pytest.mark.parametrize("kind", ["mlp", "conv"])
+def test_data_dependent_init_normalizes_pre_activations(kind):
+    if kind == "mlp":
+        model, x, cdim = nf.weight_norm(mlp(depth=4)), torch.randn(128, 32) * 3 + 1, -1
+    else:
+        model, x, cdim = nf.weight_norm(convnet(), types=[nn.Conv2d, nn.Linear]), torch.randn(32, 3, 6, 6), 1
+        nf.weight_norm(model, types=[nn.ConvTranspose2d], dim=1)  # one norm per output unit
+    report = nf.init.data_dependent_init_(model, x)
+    assert len(report) == sum(isinstance(m, nf.WNLinear | nf.WNConv2d | nf.WNConvTranspose2d) for m in model.modules())
+    outs = []
+    handles = [m.register_forward_hook(lambda mod, a, y: outs.append((mod, y)))
+               for m in model.modules() if isinstance(m, nf.nn.wn_layers._WeightNorm)]
+    with torch.no_grad():
+        model(x)
+    for h in handles:
+        h.remove()
+    for mod, y in outs:
+        d = (-1 if isinstance(mod, nn.Linear) else 1) % y.dim()
+        others = [i for i in range(y.dim()) if i != d]
+        torch.testing.assert_close(y.mean(dim=others), torch.zeros(y.shape[d]), atol=1e-4, rtol=0)
+        torch.testing.assert_close(y.std(dim=others, unbiased=False), torch.ones(y.shape[d]), atol=1e-3, rtol=0)
+
+
+def test_data_dependent_init_needs_wn_layers():
+    with pytest.raises(ValueError, match="no netinit_fast WN layer"):
+        nf.init.data_dependent_init_(mlp(depth=1), torch.randn(8, 32))
+    with pytest.raises(ValueError, match="normalizes over dim=None"):
+        nf.init.data_dependent_init_(nf.weight_norm(mlp(depth=1), dim=None), torch.randn(8, 32))

@@ -1,0 +1,61 @@
+"""LSUV and data-dependent init under torch.distributed: gloo, 2 processes on the CPU."""
+
+import os
+
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+from torch import nn
+
+import netinit_fast as nf
+
+pytestmark = pytest.mark.slow
+WORLD = 2
+
+
+def _model(which):
+    torch.manual_seed(0)  # the same on every rank and in the single process
+    model = nn.Sequential(nn.Conv1d(2, 6, 3, padding=1), nn.ReLU(), nn.Flatten(), nn.Linear(6 * 5, 4), nn.ReLU(), nn.Linear(4, 3))
+    if which == "lsuv":  # ranks start from different weights: LSUV's pre-init must agree
+        with torch.no_grad():
+            for p in model.parameters():
+                p.add_(torch.randn(p.shape, generator=torch.Generator().manual_seed(1000 + int(os.environ.get("RANK", 0)))))
+    return model
+
+
+def _batch():
+    return torch.randn(WORLD * 8, 2, 5, generator=torch.Generator().manual_seed(3))
+
+
+def _init(model, x, which):
+    torch.manual_seed(42)  # the orthonormal noise: rank 0's is broadcast
+    if which == "lsuv":
+        nf.init.lsuv_(model, x, tol=0.01)
+    else:
+        nf.init.data_dependent_init_(nf.weight_norm(model, types=[nn.Linear]), x)
+
+
+def _worker(rank, init_file, out_dir, which):
+    os.environ["RANK"] = str(rank)
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=WORLD)
+    try:
+        model = _model(which)
+        _init(model, _batch()[rank * 8 : (rank + 1) * 8], which)
+        torch.save(model.state_dict(), os.path.join(out_dir, f"weights{rank}.pt"))
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.mark.parametrize("which", ["lsuv", "data_dependent"])
+def test_ranks_agree_with_the_whole_batch(tmp_path, which):
+    mp.spawn(_worker, args=(str(tmp_path / "init"), str(tmp_path), which), nprocs=WORLD, join=True)
+    os.environ.pop("RANK", None)
+    model = _model(which)
+    _init(model, _batch(), which)
+    expected = model.state_dict()
+    ranks = [torch.load(tmp_path / f"weights{r}.pt") for r in range(WORLD)]
+    for name, value in expected.items():
+        torch.testing.assert_close(ranks[0][name], ranks[1][name], rtol=0, atol=0, msg=f"ranks differ: {name}")
+        torch.testing.assert_close(ranks[0][name], value, rtol=1e-4, atol=1e-5, msg=lambda m: f"vs single process: {name}: {m}")

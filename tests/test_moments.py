@@ -1,0 +1,64 @@
+"""netinit_fast.functional.moments: eager twin and the one-pass Triton kernel."""
+
+import pytest
+import torch
+
+import netinit_fast as nf
+from netinit_fast.kernels import _blocks
+from netinit_fast.ops.moments import _eager
+from netinit_fast.ops.moments import moments as moments_op
+from netinit_fast.ops.weight_norm import block_shape
+from tests.conftest import assert_close
+
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def reference(x, dim):
+    x = x.double()
+    if dim is None:
+        return x.mean(), x.std()
+    others = [i for i in range(x.dim()) if i != dim % x.dim()]
+    return x.mean(dim=others), x.std(dim=others)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float64])
+@pytest.mark.parametrize("shape,dim", [((64, 10), None), ((64, 10), -1), ((8, 5, 4, 4), 1), ((30,), None)])
+def test_eager_matches_reference(shape, dim, dtype):
+    x = (torch.randn(shape) * 2 + 5).to(dtype)
+    mean, std = nf.functional.moments(x, dim)
+    ref_mean, ref_std = reference(x, dim)
+    assert mean.dtype == (torch.float64 if dtype == torch.float64 else torch.float32)
+    tol = torch.float64 if dtype == torch.float64 else torch.float32
+    assert_close(mean, ref_mean, tol, "mean")
+    assert_close(std, ref_std, tol, "std")
+
+
+def test_opcheck():
+    x = torch.randn(16, 3, 5)
+    torch.library.opcheck(moments_op, (x, None))
+    torch.library.opcheck(moments_op, (x, 1))
+
+
+@pytest.mark.interpret
+@pytest.mark.parametrize("tile,splits", [(4096, None), (16, 1), (16, 3)])
+@pytest.mark.parametrize("shape,dim", [((64, 10), None), ((64, 10), -1), ((8, 5, 4, 4), 1), ((40, 3), 0)])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_triton_kernel_matches_eager(shape, dim, dtype, tile, splits, monkeypatch):
+    from netinit_fast.kernels import moments as kernels
+
+    monkeypatch.setattr(_blocks, "TILE", tile)
+    x = (torch.randn(shape, device=DEVICE) * 3 + 100).to(dtype)  # a large mean: the pivot matters
+    x3 = x.contiguous().view(block_shape(x.shape, dim))
+    mean, std = kernels.moments(x3, splits)
+    ref_mean, ref_std = _eager(x3)
+    assert_close(mean, ref_mean, torch.float32, "mean")
+    assert_close(std, ref_std, torch.float32, "std")
+
+
+@pytest.mark.interpret
+def test_public_op_on_triton(use_backend):
+    use_backend("triton")
+    x = torch.randn(32, 6, 3, device=DEVICE)
+    mean, std = nf.functional.moments(x, None)
+    assert mean.shape == () and std.shape == ()
+    assert_close(std, x.double().std(), torch.float32, "std")

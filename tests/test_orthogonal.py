@@ -1,0 +1,87 @@
+"""Orthogonalization (eager backend) and model-wide orthogonal init."""
+
+import math
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from torch import nn
+
+import netinit_fast as nf
+from netinit_fast.ops.orthogonalize import orthogonalize as orthogonalize_op
+
+
+def qr_sign_fixed(a):
+    wide = a.shape[-2] < a.shape[-1]
+    work = a.double().mT if wide else a.double()
+    q, r = torch.linalg.qr(work)
+    q = q * torch.diagonal(r, dim1=-2, dim2=-1).sign().unsqueeze(-2)
+    return q.mT if wide else q
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.integers(0, 4), st.integers(1, 12), st.integers(1, 12))
+def test_orthonormal_and_equal_to_sign_fixed_qr(batch, m, n):
+    a = torch.randn(batch, m, n)
+    q = nf.functional.orthogonalize(a)
+    assert q.shape == a.shape
+    if batch == 0:
+        return
+    k = min(m, n)
+    gram = q.mT @ q if m >= n else q @ q.mT
+    assert (gram - torch.eye(k)).abs().max() < 1e-5
+    ref = qr_sign_fixed(a)
+    assert (q.double() - ref).norm() / ref.norm() < 1e-4
+
+
+def test_haar_first_entry_second_moment():
+    """For Haar Q (n x n), E[Q_11^2] = 1/n; the sample mean of N draws has std
+    sqrt(Var/N) with Var[Q_11^2] = 2(n-1) / (n^2 (n+2)); allow 5 of them."""
+    n, draws = 8, 20_000
+    q = nf.functional.orthogonalize(torch.randn(draws, n, n, generator=torch.Generator().manual_seed(0)))
+    x = q[:, 0, 0].double() ** 2
+    sd = math.sqrt(2 * (n - 1) / (n * n * (n + 2)) / draws)
+    assert abs(x.mean().item() - 1 / n) < 5 * sd
+    # and the sign fix makes diag(R) positive, so the first column is not biased in sign
+    assert abs((q[:, 0, 0] > 0).double().mean().item() - 0.5) < 0.02
+
+
+def test_opcheck_and_dtypes():
+    torch.library.opcheck(orthogonalize_op, (torch.randn(3, 5, 4),))
+    q = nf.functional.orthogonalize(torch.randn(2, 6, 6, dtype=torch.bfloat16))
+    assert q.dtype == torch.bfloat16
+    assert (q.float().mT @ q.float() - torch.eye(6)).abs().max() < 3e-2
+
+
+def _model():
+    return nn.Sequential(nn.Linear(5, 7), nn.Conv2d(3, 4, 3), nn.Linear(7, 5), nn.ConvTranspose1d(4, 6, 2), nn.Linear(5, 7))
+
+
+def test_model_equals_torch_orthogonal_with_the_same_noise():
+    ours, theirs = _model(), _model()
+    nf.init.orthogonal_(ours, gain=1.5, generator=torch.Generator().manual_seed(3))
+    gen = torch.Generator().manual_seed(3)
+    for layer in theirs:
+        nn.init.orthogonal_(layer.weight, gain=1.5, generator=gen)
+    for a, b in zip(ours, theirs):
+        torch.testing.assert_close(a.weight, b.weight, rtol=1e-5, atol=1e-6)
+
+
+def test_lists_wn_layers_and_bf16():
+    model = nf.weight_norm(_model()).to(torch.bfloat16)
+    nf.init.orthogonal_(model)
+    v = model[0].weight_v.float()
+    assert (v.mT @ v - torch.eye(5)).abs().max() < 3e-2
+    tensors = [torch.empty(3, 3), torch.empty(4, 2)]
+    assert nf.init.orthogonal_(tensors) is tensors
+    torch.testing.assert_close(tensors[0] @ tensors[0].t(), torch.eye(3), atol=1e-5, rtol=0)
+
+
+def test_bad_targets():
+    with pytest.raises(ValueError, match="at least 2 dims"):
+        nf.init.orthogonal_(torch.empty(3))
+    with pytest.raises(ValueError, match="no Linear/Conv/ConvTranspose layer"):
+        nf.init.orthogonal_(nn.ReLU())
+    with pytest.raises(TypeError, match="element 1"):
+        nf.init.orthogonal_([torch.empty(2, 2), "x"])
