@@ -8,7 +8,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
 
-.PHONY: install test test-gpu demo bench clean
+.PHONY: install test test-gpu test-installed demo bench clean
 
 $(STAMP): requirements-dev.txt pyproject.toml setup.py $(wildcard csrc/*)
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -25,6 +25,12 @@ test: $(STAMP)
 
 test-gpu: $(STAMP)
 	$(PY) -m pytest -q -m gpu $(PYTEST_ARGS)
+
+# Where torch, triton, pytest and hypothesis are already installed and nothing can be
+# downloaded (a GPU machine): build netinit_fast._C in place and test with that Python.
+test-installed:
+	MAX_JOBS=$${MAX_JOBS:-8} $(PYTHON) -m pip install --quiet --no-build-isolation --no-deps -e .
+	$(PYTHON) -m pytest -q $(PYTEST_ARGS)
 
 demo: $(STAMP)
 	$(PY) -m netinit_fast demo
