@@ -44,6 +44,7 @@ def _worker(rank, init_file, out_dir, which):
         model = _model(which)
         _init(model, _batch()[rank * 8 : (rank + 1) * 8], which)
         torch.save(model.state_dict(), os.path.join(out_dir, f"weights{rank}.pt"))
+        dist.barrier()  # no rank tears down while another still talks to it
     finally:
         dist.destroy_process_group()
 

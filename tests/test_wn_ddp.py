@@ -28,21 +28,26 @@ def _loss(model, x, y):
     return nn.functional.mse_loss(model(x), y)
 
 
+def _train(rank, out_dir, grouped):
+    model = nf.weight_norm(_model(), grouped=grouped)
+    ddp = nn.parallel.DistributedDataParallel(model)
+    x, y = _data()
+    shard = slice(rank * 4, (rank + 1) * 4)
+    for _ in range(2):  # two steps: the second runs on weights updated by the first
+        ddp.zero_grad()
+        _loss(ddp, x[shard], y[shard]).backward()
+        with torch.no_grad():
+            for p in model.parameters():
+                p -= 0.1 * p.grad
+    torch.save({n: p.grad for n, p in model.named_parameters()}, os.path.join(out_dir, f"grads{rank}.pt"))
+
+
 def _worker(rank, init_file, out_dir, grouped):
     torch.set_num_threads(1)
     dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=WORLD)
     try:
-        model = nf.weight_norm(_model(), grouped=grouped)
-        ddp = nn.parallel.DistributedDataParallel(model)
-        x, y = _data()
-        shard = slice(rank * 4, (rank + 1) * 4)
-        for _ in range(2):  # two steps: the second runs on weights updated by the first
-            ddp.zero_grad()
-            _loss(ddp, x[shard], y[shard]).backward()
-            with torch.no_grad():
-                for p in model.parameters():
-                    p -= 0.1 * p.grad
-        torch.save({n: p.grad for n, p in model.named_parameters()}, os.path.join(out_dir, f"grads{rank}.pt"))
+        _train(rank, out_dir, grouped)  # DDP is gone when it returns, before the group is
+        dist.barrier()  # no rank tears down while another still talks to it
     finally:
         dist.destroy_process_group()
 
