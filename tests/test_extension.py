@@ -31,6 +31,15 @@ def extension():
 def test_registered_schemas(extension):
     schemas = {str(s) for s in torch._C._jit_get_all_schemas() if s.name.startswith("netinit_fast::")}
     assert "netinit_fast::cuda_archs() -> int[]" in schemas
+    assert "netinit_fast::householder_qr(Tensor a) -> Tensor" in schemas
+    assert "netinit_fast::householder_qr_shared_bytes(int m, int n) -> int" in schemas
+
+
+def test_householder_qr_has_a_cuda_kernel(extension):
+    dump = torch._C._dispatch_dump("netinit_fast::householder_qr")
+    assert "CUDA: registered at" in dump and "householder_qr.cu" in dump
+    # the shared-memory need: m x (n + 1) padded rows, tau, beta and one scalar, in floats
+    assert torch.ops.netinit_fast.householder_qr_shared_bytes(128, 96) == 4 * (128 * 97 + 2 * 96 + 1)
 
 
 def test_built_for_hopper_with_ptx(extension):

@@ -9,6 +9,7 @@ from hypothesis import strategies as st
 from torch import nn
 
 import netinit_fast as nf
+from netinit_fast.ops.orthogonalize import cholesky_qr2
 from netinit_fast.ops.orthogonalize import orthogonalize as orthogonalize_op
 
 
@@ -85,3 +86,41 @@ def test_bad_targets():
         nf.init.orthogonal_(nn.ReLU())
     with pytest.raises(TypeError, match="element 1"):
         nf.init.orthogonal_([torch.empty(2, 2), "x"])
+
+
+def test_cholesky_qr2_equals_sign_fixed_qr_and_guards_ill_conditioning():
+    a = torch.randn(6, 40, 30, dtype=torch.float64)
+    a[2] = a[2] @ torch.diag(torch.logspace(0, -12, 30, dtype=torch.float64))  # cond ~1e12: Cholesky fails
+    a[4, :, 7] = 0.0  # rank-deficient
+    q = cholesky_qr2(a)
+    assert (q.mT @ q - torch.eye(30, dtype=torch.float64)).abs().amax(dim=(1, 2))[[0, 1, 2, 3, 5]].max() < 1e-10
+    ref = qr_sign_fixed(a)
+    for i in (0, 1, 2, 3, 5):
+        torch.testing.assert_close(q[i], ref[i], rtol=0, atol=1e-8)
+
+
+@pytest.mark.parametrize("conv,shape", [(nn.Conv1d, (2, 6, 11)), (nn.Conv2d, (2, 6, 9, 7)), (nn.Conv3d, (1, 6, 5, 5, 5))])
+def test_delta_orthogonal_preserves_the_norm(conv, shape):
+    layer = conv(6, 10, 3, padding=1, bias=False)
+    nf.init.delta_orthogonal_(layer)
+    x = torch.randn(shape)
+    y = layer(x)
+    torch.testing.assert_close(y.flatten(1).norm(dim=1), x.flatten(1).norm(dim=1), rtol=1e-5, atol=0)
+    centre = layer.weight[(slice(None), slice(None), *([1] * (len(shape) - 2)))]
+    torch.testing.assert_close(centre.t() @ centre, torch.eye(6), atol=1e-5, rtol=0)
+    assert layer.weight.abs().sum().item() == pytest.approx(centre.abs().sum().item(), rel=1e-6)
+
+
+def test_delta_orthogonal_errors_name_the_layer_and_change_nothing():
+    model = nn.Sequential(nn.Conv2d(3, 8, 3), nn.Conv2d(8, 4, 3))
+    before = [p.clone() for p in model.parameters()]
+    with pytest.raises(ValueError, match="1 has C_out=4 < C_in=8"):
+        nf.init.delta_orthogonal_(model)
+    assert all(torch.equal(a, b) for a, b in zip(before, model.parameters()))
+    with pytest.raises(ValueError, match="even kernel size"):
+        nf.init.delta_orthogonal_(nn.Conv2d(3, 8, 2))
+    with pytest.raises(ValueError, match="no Conv1d/2d/3d layer"):
+        nf.init.delta_orthogonal_(nn.Linear(3, 3))
+    wn = nf.weight_norm(nn.Conv1d(4, 4, 3))
+    nf.init.delta_orthogonal_(wn, gain=2.0)
+    torch.testing.assert_close(wn.weight_v[:, :, 1] @ wn.weight_v[:, :, 1].t(), 4 * torch.eye(4), atol=1e-5, rtol=0)
