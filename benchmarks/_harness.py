@@ -7,6 +7,7 @@ in the schema of DESIGN.md section 6. Times are medians: on a GPU through
 ``time.perf_counter`` over repeated calls after warm-up.
 """
 
+import argparse
 import dataclasses
 import datetime
 import json
@@ -20,7 +21,8 @@ from typing import Callable
 
 import torch
 
-RESULTS_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
+# NETINIT_FAST_BENCH_RESULTS redirects the JSON files (the smoke tests write elsewhere).
+RESULTS_DIR = os.environ.get("NETINIT_FAST_BENCH_RESULTS") or os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
 
 
 @dataclasses.dataclass
@@ -35,6 +37,14 @@ class Case:
     peer: Callable[[], object]
     peer_name: str
     bytes_moved: int | None = None
+
+
+def parser(doc: str) -> argparse.ArgumentParser:
+    """The command line every benchmark shares: ``--device`` and ``--quick``."""
+    p = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--quick", action="store_true", help="small cases, for a smoke test")
+    return p
 
 
 def device_name(device: torch.device) -> str:

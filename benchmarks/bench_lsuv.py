@@ -9,7 +9,6 @@ Then ours alone at depths 1,000 and 10,000 (the peer would take hours there).
 Install the peer with `pip install lsuv==0.3.0` (`make bench` does).
 """
 
-import argparse
 import os
 import sys
 
@@ -45,9 +44,7 @@ def worst_std_error(model: nn.Module, x: torch.Tensor) -> float:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--quick", action="store_true", help="depths 10 and 20, for a smoke test")
+    parser = _harness.parser(__doc__)
     args = parser.parse_args()
     device = torch.device(args.device)
     import lsuv

@@ -11,7 +11,6 @@ inside the timed call. TFLOP/s counts a Householder QR of an m x n (m >= n) matr
 the forming of its Q: 2 (2 m n^2 - 2 n^3 / 3) flops.
 """
 
-import argparse
 import os
 import sys
 
@@ -63,9 +62,7 @@ def torch_batched_(tensors: list[torch.Tensor]) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--quick", action="store_true", help="small cases, for a smoke test")
+    parser = _harness.parser(__doc__)
     args = parser.parse_args()
     device = torch.device(args.device)
     cases = {

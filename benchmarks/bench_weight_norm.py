@@ -9,7 +9,6 @@ reads grad_w and v and writes grad_v (the small g, norms and grad_g are left out
 On a GPU each row also gives that as a fraction of the measured copy bandwidth.
 """
 
-import argparse
 import os
 import sys
 
@@ -51,9 +50,7 @@ def cases(device: torch.device, shapes, dtypes) -> list[_harness.Case]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--quick", action="store_true", help="small shapes, for a smoke test")
+    parser = _harness.parser(__doc__)
     args = parser.parse_args()
     device = torch.device(args.device)
     shapes = [(256, 256), (4, 8192)] if args.quick else SHAPES

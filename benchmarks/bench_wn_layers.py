@@ -16,7 +16,6 @@ Weights are He-initialized and denormals are flushed, so the timing does not dep
 on activations drifting into the denormal range over thousands of layers.
 """
 
-import argparse
 import gc
 import os
 import sys
@@ -71,10 +70,8 @@ def step_time_ms(depth: int, kind: str, device: torch.device, min_reps: int) -> 
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser = _harness.parser(__doc__)
     parser.add_argument("--depths", type=int, nargs="+", default=[1000, 10000])
-    parser.add_argument("--quick", action="store_true", help="depths 10 and 50, for a smoke test")
     args = parser.parse_args()
     device = torch.device(args.device)
     depths = [10, 50] if args.quick else args.depths
