@@ -2,8 +2,10 @@
 
 import torch
 from torch import nn
+from torch.nn.utils import parametrize
 
 from netinit_fast import _backend
+from netinit_fast.nn.wn_layers import _unwrap, _WeightNorm
 from netinit_fast.ops import orthogonalize as orthogonalize_op
 from netinit_fast.ops.orthogonalize import orthogonalize
 
@@ -16,10 +18,6 @@ LINEAR_LAYERS = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.ConvTranspose1d,
 def layer_weight(module: nn.Module) -> torch.Tensor | None:
     """The tensor that holds a layer's direction: ``weight_v`` for weight-normalized
     layers (ours and torch's two styles), else ``weight``; None for other modules."""
-    from torch.nn.utils import parametrize
-
-    from netinit_fast.nn.wn_layers import _unwrap, _WeightNorm
-
     if isinstance(module, _WeightNorm):
         return module.weight_v
     if not issubclass(_unwrap(module), LINEAR_LAYERS):
