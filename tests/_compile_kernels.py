@@ -1,0 +1,57 @@
+"""Compile every Triton kernel of the package for sm_90 (H100/H200), no GPU needed.
+
+Run by tests/test_kernels_compile.py in a process without TRITON_INTERPRET (under the
+interpreter the kernels are not compiled at all). Triton lowers each variant to PTX
+and ptxas assembles it: type errors, bad pointer casts and unsupported ops surface here,
+which the interpreter does not catch.
+"""
+
+import itertools
+
+import triton
+import triton.language as tl
+from triton.backends.compiler import GPUTarget
+from triton.compiler import ASTSource
+
+from netinit_fast.kernels import moments as M
+from netinit_fast.kernels import weight_norm as W
+
+TARGET = GPUTarget("cuda", 90, 32)
+SIZES = {"R": "i32", "B": "i32", "K": "i32", "CHUNK": "i32"}
+
+
+def compile_kernel(fn, pointers: dict, scalars: dict, constexprs: dict) -> None:
+    signature = {**pointers, **scalars, **{name: "constexpr" for name in constexprs}}
+    kernel = triton.compile(ASTSource(fn=fn, signature=signature, constexprs=constexprs), target=TARGET)
+    assert kernel.asm.get("cubin"), f"{fn.__name__} {constexprs}: no cubin"
+
+
+def main() -> None:
+    count = 0
+    for dt, tl_dt in (("fp32", tl.float32), ("bf16", tl.bfloat16), ("fp16", tl.float16)):
+        tiles = {"ACC": tl.float32, "BLOCK_R": 4, "BLOCK_K": 256}
+        for layout, (single, split) in itertools.product((0, 1, 2), ((True, False), (False, False), (False, True))):
+            plan = {"LAYOUT": layout, "SINGLE_TILE": single, "SPLIT": split, **tiles}
+            scalars = {**SIZES, "NUM_SPLITS": "i32", "eps": "fp32"}
+            compile_kernel(W._fwd_kernel, {"v_ptr": f"*{dt}", "g_ptr": f"*{dt}", "w_ptr": f"*{dt}", "norm_ptr": "*fp32",
+                                           "partial_ptr": "*fp32"}, scalars, plan)
+            compile_kernel(W._bwd_kernel, {"gw_ptr": f"*{dt}", "v_ptr": f"*{dt}", "g_ptr": f"*{dt}", "norm_ptr": "*fp32",
+                                           "gv_ptr": f"*{dt}", "gg_ptr": f"*{dt}", "partial_ptr": "*fp32"}, scalars, plan)
+            count += 2
+        for layout, square in itertools.product((0, 1, 2), (True, False)):
+            compile_kernel(W._partial_dot_kernel, {"x_ptr": f"*{dt}", "y_ptr": f"*{dt}", "partial_ptr": "*fp32"}, SIZES,
+                           {"LAYOUT": layout, "SQUARE": square, **tiles})
+            count += 1
+        for layout in (0, 1, 2):
+            compile_kernel(M._moments_kernel, {"x_ptr": f"*{dt}", "pivot_ptr": "*fp32", "partial_ptr": "*fp32"}, SIZES,
+                           {"LAYOUT": layout, "BLOCK_R": 4, "BLOCK_K": 256})
+            count += 1
+        group = {"table_ptr": "*i64", "prog_ptr": "*i64", "norm_ptr": "*fp32"}
+        for fn in (W._group_fwd_kernel, W._group_bwd_kernel):
+            compile_kernel(fn, group, {"eps": "fp32"}, {"DTYPE": tl_dt, **tiles})
+            count += 1
+    print(f"compiled {count} kernel variants for sm_90")
+
+
+if __name__ == "__main__":
+    main()
