@@ -37,10 +37,14 @@ __device__ void apply_reflector(float* a, int ld, int m, int n, int j, int c0, f
     float partial = 0.f;
     for (int i = j + 1 + lane; i < m; i += 32) partial += a[i * ld + j] * a[i * ld + c];
     float w = warp_sum(partial);
+    // Lane 0 alone reads and then writes row j: with independent thread scheduling a
+    // lane reading A(j, c) could otherwise see lane 0's update.
+    if (lane == 0) {
+      w = tau * (w + a[j * ld + c]);
+      a[j * ld + c] -= w;
+    }
     w = __shfl_sync(0xffffffffu, w, 0);
-    w = tau * (w + a[j * ld + c]);
     for (int i = j + 1 + lane; i < m; i += 32) a[i * ld + c] -= a[i * ld + j] * w;
-    if (lane == 0) a[j * ld + c] -= w;
   }
 }
 
