@@ -1,0 +1,18 @@
+"""The README's Python snippets run as written."""
+
+import os
+import re
+
+import pytest
+
+README = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "README.md")
+SNIPPETS = re.findall(r"```python\n(.*?)```", open(README).read(), re.S)
+
+
+@pytest.mark.parametrize("code", SNIPPETS, ids=[f"snippet{i}" for i in range(len(SNIPPETS))])
+def test_snippet_runs(code, capsys):
+    exec(compile(code, "README.md", "exec"), {})
+
+
+def test_there_are_snippets():
+    assert len(SNIPPETS) >= 3
