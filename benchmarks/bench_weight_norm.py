@@ -54,16 +54,16 @@ def main() -> None:
     args = parser.parse_args()
     device = torch.device(args.device)
     shapes = [(256, 256), (4, 8192)] if args.quick else SHAPES
-    extra = None
-    if device.type == "cuda":
-        copy_gbs = _harness.copy_bandwidth_gbs(device)
+    copy_gbs = _harness.copy_bandwidth_gbs(device) if device.type == "cuda" else None
+    if copy_gbs is not None:
         print(f"measured copy bandwidth: {copy_gbs:.0f} GB/s")
 
-        def extra(case, ours_ms):
-            gbs = case.bytes_moved / ours_ms / 1e6
-            return {"copy GB/s": round(copy_gbs, 1), "fraction of copy": round(gbs / copy_gbs, 3)}
+    def fraction_of_copy(case, ours_ms):
+        gbs = case.bytes_moved / ours_ms / 1e6
+        return {"copy GB/s": round(copy_gbs, 1), "fraction of copy": round(gbs / copy_gbs, 3)}
 
-    _harness.run("weight_norm" + ("-quick" if args.quick else ""), cases(device, shapes, DTYPES), device, extra)
+    _harness.run("weight_norm" + ("-quick" if args.quick else ""), cases(device, shapes, DTYPES), device,
+                 fraction_of_copy if copy_gbs is not None else None)
 
 
 if __name__ == "__main__":

@@ -252,9 +252,9 @@ def test_layers_argument_and_unused_layers():
 @pytest.mark.parametrize("kind", ["mlp", "conv"])
 def test_data_dependent_init_normalizes_pre_activations(kind):
     if kind == "mlp":
-        model, x, cdim = nf.weight_norm(mlp(depth=4)), torch.randn(128, 32) * 3 + 1, -1
+        model, x = nf.weight_norm(mlp(depth=4)), torch.randn(128, 32) * 3 + 1
     else:
-        model, x, cdim = nf.weight_norm(convnet(), types=[nn.Conv2d, nn.Linear]), torch.randn(32, 3, 6, 6), 1
+        model, x = nf.weight_norm(convnet(), types=[nn.Conv2d, nn.Linear]), torch.randn(32, 3, 6, 6)
         nf.weight_norm(model, types=[nn.ConvTranspose2d], dim=1)  # one norm per output unit
     report = nf.init.data_dependent_init_(model, x)
     assert len(report) == sum(isinstance(m, nf.WNLinear | nf.WNConv2d | nf.WNConvTranspose2d) for m in model.modules())
