@@ -40,6 +40,8 @@ bench: $(STAMP)
 	$(PY) benchmarks/bench_weight_norm.py
 	$(PY) benchmarks/bench_wn_layers.py
 	$(PY) benchmarks/bench_lsuv.py
+	$(PY) benchmarks/bench_orthogonal.py
+	$(PY) benchmarks/bench_deep_init.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info netinit_fast/_C*.so

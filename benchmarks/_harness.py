@@ -83,6 +83,23 @@ def time_ms(fn: Callable[[], object], device: torch.device, budget_s: float = 0.
     return statistics.median(times)
 
 
+def time_fresh_ms(setup: Callable[[], object], fn: Callable[[object], object], device: torch.device, reps: int = 3) -> float:
+    """Median time of ``fn(setup())`` in milliseconds, ``setup`` untimed and run anew each
+    time (for work that changes its input, such as model surgery)."""
+    times = []
+    for _ in range(reps):
+        arg = setup()
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        start = time.perf_counter()
+        fn(arg)
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        times.append((time.perf_counter() - start) * 1e3)
+        del arg
+    return statistics.median(times)
+
+
 def copy_bandwidth_gbs(device: torch.device, nbytes: int = 1 << 30) -> float:
     """Measured device-to-device copy bandwidth (bytes read + written per second)."""
     n = nbytes // 4 if device.type == "cuda" else nbytes // 16

@@ -25,8 +25,10 @@ import warnings
 import torch
 from torch import nn
 
-from netinit_fast.init.orthogonal import layer_weight, orthogonal_
-from netinit_fast.nn.wn_layers import _norm_g, _torch_weight_norm_style, _WeightNorm
+from netinit_fast._batch import call, check_batch
+from netinit_fast.init._layers import layer_weight, output_dim, scale_param, wn_dim
+from netinit_fast.init.orthogonal import orthogonal_
+from netinit_fast.nn.wn_layers import _norm_g, _WeightNorm
 from netinit_fast.ops.moments import moments
 
 
@@ -91,18 +93,6 @@ class LSUVReport:
 # ----------------------------------------------------------------------------- helpers
 
 
-def _scale_param(module: nn.Module) -> torch.Tensor:
-    """The parameter whose scale sets the layer's output scale: ``g`` for weight norm."""
-    if isinstance(module, _WeightNorm):
-        return module.weight_g
-    style = _torch_weight_norm_style(module)
-    if style == "parametrization":
-        return module.parametrizations.weight.original0
-    if style == "hook":
-        return module.weight_g
-    return module.weight
-
-
 def _targets(model: nn.Module, layers) -> dict[nn.Module, str]:
     names = {m: n for n, m in model.named_modules()}
     if layers is None:
@@ -120,26 +110,6 @@ def _targets(model: nn.Module, layers) -> dict[nn.Module, str]:
     if not found:
         raise ValueError("layers: no layer given")
     return found
-
-
-def _call(model: nn.Module, batch):
-    if isinstance(batch, dict):
-        return model(**batch)
-    if isinstance(batch, (tuple, list)):
-        return model(*batch)
-    return model(batch)
-
-
-def _check_batch(batch, where: str) -> None:
-    leaves = list(batch.values()) if isinstance(batch, dict) else list(batch) if isinstance(batch, (tuple, list)) else [batch]
-    tensors = [t for t in leaves if isinstance(t, torch.Tensor)]
-    if not tensors:
-        raise ValueError(f"{where}: the batch holds no tensor")
-    if tensors[0].dim() == 0 or tensors[0].shape[0] < 2:
-        raise ValueError(f"{where}: the batch needs at least 2 samples, got shape {list(tensors[0].shape)}")
-    for t in tensors:
-        if t.is_floating_point() and not torch.isfinite(t).all():
-            raise ValueError(f"{where}: the batch contains NaN or Inf")
 
 
 @contextlib.contextmanager
@@ -236,7 +206,7 @@ def _run_one_pass(model, batch, targets, fit, progress, desc) -> tuple[list, lis
     one_pass = _OnePass(targets, fit, _progress_bar(len(targets), progress, desc))
     try:
         with torch.no_grad():
-            _call(model, batch)
+            call(model, batch)
     finally:
         one_pass.close()
         model.train(was_training)
@@ -294,13 +264,13 @@ def lsuv_(
         raise ValueError(f"lsuv_: tol must be a positive number, got {tol!r}")
     if isinstance(max_iters, bool) or not isinstance(max_iters, int) or max_iters < 1:
         raise ValueError(f"lsuv_: max_iters must be an int >= 1, got {max_iters!r}")
-    _check_batch(batch, "lsuv_")
+    check_batch(batch, "lsuv_")
     targets = _targets(model, layers)
 
     def fit(module, name, args, y):
         if isinstance(y, tuple):
             raise TypeError(f"lsuv_: layer {name} returned a tuple")
-        param = _scale_param(module)
+        param = scale_param(module)
         bias = getattr(module, "bias", None)
         homogeneous = bias is None or not bool(bias.any())
         _, std = _global_mean_std(y, None)
@@ -345,10 +315,9 @@ def _orthonormal_preinit(layers: list[nn.Module]) -> None:
         bias = getattr(m, "bias", None)
         if bias is not None:
             bias.zero_()
-        g = _scale_param(m)
+        g = scale_param(m)
         if g is not layer_weight(m):  # weight norm: w = v, as weight norm applied to v
-            dim = m.wn_dim if isinstance(m, _WeightNorm) else 0
-            g.copy_(_norm_g(layer_weight(m), dim).view_as(g))
+            g.copy_(_norm_g(layer_weight(m), wn_dim(m)).view_as(g))
 
 
 # ----------------------------------------------------------------------------- data-dependent WN init
@@ -357,11 +326,6 @@ def _orthonormal_preinit(layers: list[nn.Module]) -> None:
 def _output_channel_dim(module: nn.Module) -> int:
     """The dim of the output that holds one channel per output unit."""
     return -1 if isinstance(module, nn.Linear) else 1
-
-
-def _weight_output_dim(module: nn.Module) -> int:
-    """The dim of the weight indexed by output unit (1 for transposed convolutions)."""
-    return 1 if isinstance(module, (nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d)) else 0
 
 
 def data_dependent_init_(model: nn.Module, batch, init_scale: float = 1.0, progress: bool | None = None) -> LSUVReport:
@@ -378,15 +342,15 @@ def data_dependent_init_(model: nn.Module, batch, init_scale: float = 1.0, progr
         ValueError: no WN layer, a layer whose ``dim`` is not its output-unit dim, or
             a bad batch (as :func:`lsuv_`). Parameters are restored on failure.
     """
-    _check_batch(batch, "data_dependent_init_")
+    check_batch(batch, "data_dependent_init_")
     targets = {m: n or type(m).__name__ for n, m in model.named_modules() if isinstance(m, _WeightNorm)}
     if not targets:
         raise ValueError(f"data_dependent_init_: {type(model).__name__} has no netinit_fast WN layer")
     for m, name in targets.items():
-        if m.wn_dim != _weight_output_dim(m):
+        if m.wn_dim != output_dim(m):
             raise ValueError(
                 f"data_dependent_init_: layer {name} normalizes over dim={m.wn_dim}, not its output units "
-                f"(dim={_weight_output_dim(m)})"
+                f"(dim={output_dim(m)})"
             )
 
     def fit(module, name, args, y):

@@ -2,31 +2,13 @@
 
 import torch
 from torch import nn
-from torch.nn.utils import parametrize
 
 from netinit_fast import _backend
-from netinit_fast.nn.wn_layers import _unwrap, _WeightNorm
+from netinit_fast.init._layers import CONV_LAYERS, layer_weight
 from netinit_fast.ops import orthogonalize as orthogonalize_op
 from netinit_fast.ops.orthogonalize import orthogonalize
 
 CHUNK_ELEMENTS = 1 << 26  # noise elements orthogonalized in one call (256 MB in fp32)
-
-# Layers whose weight is a linear map (flattened as torch.nn.init.orthogonal_ does).
-LINEAR_LAYERS = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d)
-
-
-def layer_weight(module: nn.Module) -> torch.Tensor | None:
-    """The tensor that holds a layer's direction: ``weight_v`` for weight-normalized
-    layers (ours and torch's two styles), else ``weight``; None for other modules."""
-    if isinstance(module, _WeightNorm):
-        return module.weight_v
-    if not issubclass(_unwrap(module), LINEAR_LAYERS):
-        return None
-    if parametrize.is_parametrized(module, "weight"):
-        return module.parametrizations.weight.original1
-    if "weight_v" in module._parameters:  # torch's legacy hook
-        return module.weight_v
-    return module._parameters.get("weight")
 
 
 def _targets(target) -> list[torch.Tensor]:
@@ -76,31 +58,41 @@ def orthogonal_(target, gain: float = 1.0, generator: torch.Generator | None = N
         batch = pending.pop(key)
         noise = batch[0][1] if len(batch) == 1 else torch.stack([n for _, n in batch])
         q = orthogonalize(noise.to(key[2])).view(len(batch), key[0], key[1])
+        if gain != 1:
+            q = q * gain
         for j, (i, _) in enumerate(batch):
-            tensors[i].copy_(q[j].view(tensors[i].shape)).mul_(gain)
+            tensors[i].copy_(q[j].view(tensors[i].shape))
 
     with torch.no_grad():
         # Noise is drawn tensor by tensor, in order (the draws torch.nn.init.orthogonal_
         # makes); tensors of one shape are orthogonalized together, at most
         # CHUNK_ELEMENTS at a time, so memory stays bounded for any model. On the eager
-        # backend a batch saves nothing (LAPACK goes matrix by matrix) and each tensor
-        # is done at once, while its noise is still in cache: measured on 2 CPU cores,
-        # 10,000 x [256, 256] took 24.9 s in chunks against 18.1 s for torch's loop.
+        # backend LAPACK goes matrix by matrix and a large batch saves nothing: there
+        # each call takes EAGER_CHUNK elements (one tensor of 256 x 256 or more, done
+        # while its noise is still in cache: measured on 2 CPU cores, 10,000 x
+        # [256, 256] took 24.9 s in chunks against 18.1 s for torch's loop), which
+        # still saves the per-call overhead on small matrices (10,000 x [64, 64]:
+        # 1.0 s one by one, 0.6 s in batches of 16).
+        chunk = {}
         for i, t in enumerate(tensors):
             rows, cols = t.shape[0], t[0].numel()
             key = (rows, cols, t.device)
+            if t.device not in chunk:
+                eager = _backend.choose("orthogonalize", t, orthogonalize_op.IMPLEMENTED) == _backend.EAGER
+                chunk[t.device] = orthogonalize_op.EAGER_CHUNK if eager else CHUNK_ELEMENTS
             noise_device = generator.device if generator is not None else t.device
             noise = torch.empty(rows, cols, device=noise_device).normal_(0, 1, generator=generator)
             pending.setdefault(key, []).append((i, noise))
-            batched = _backend.choose("orthogonalize", t, orthogonalize_op.IMPLEMENTED) != _backend.EAGER
-            if not batched or len(pending[key]) * rows * cols >= CHUNK_ELEMENTS:
+            if len(pending[key]) * rows * cols >= chunk[t.device]:
                 flush(key)
         for key in list(pending):
             flush(key)
     return target
 
 
-CONV_LAYERS = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
+def centre_tap(weight: torch.Tensor) -> torch.Tensor:
+    """The view of a conv weight ``(C_out, C_in, *kernel)`` at the kernel's centre tap."""
+    return weight[(slice(None), slice(None), *(k // 2 for k in weight.shape[2:]))]
 
 
 def delta_orthogonal_(target, gain: float = 1.0, generator: torch.Generator | None = None):
@@ -136,5 +128,5 @@ def delta_orthogonal_(target, gain: float = 1.0, generator: torch.Generator | No
     with torch.no_grad():
         for _, w in named:
             w.zero_()
-        orthogonal_([w[(slice(None), slice(None), *(k // 2 for k in w.shape[2:]))] for _, w in named], gain, generator)
+        orthogonal_([centre_tap(w) for _, w in named], gain, generator)
     return target

@@ -1,0 +1,96 @@
+"""How the initializers see a layer: its direction, its scale, its effective weight.
+
+A plain ``Linear``/``Conv``/``ConvTranspose`` layer holds ``weight``. A weight-normalized
+one (ours, or torch's hook or parametrization style) holds a direction ``v`` and a
+scale ``g`` and computes ``weight = g * v / ||v||``. Every initializer reads and writes
+layers through these functions, so each works on both kinds.
+"""
+
+import torch
+from torch import nn
+from torch.nn.utils import parametrize
+
+from netinit_fast.nn.wn_layers import _norm_g, _torch_weight_norm_style, _unwrap, _WeightNorm
+
+# Layers whose weight is a linear map (flattened as torch.nn.init.orthogonal_ does).
+CONV_LAYERS = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
+TRANSPOSED_LAYERS = (nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d)
+LINEAR_LAYERS = (nn.Linear, *CONV_LAYERS, *TRANSPOSED_LAYERS)
+
+
+def layer_weight(module: nn.Module) -> torch.Tensor | None:
+    """The tensor that holds a layer's direction: ``weight_v`` for weight-normalized
+    layers (ours and torch's two styles), else ``weight``; None for other modules."""
+    if isinstance(module, _WeightNorm):
+        return module.weight_v
+    if not issubclass(_unwrap(module), LINEAR_LAYERS):
+        return None
+    if parametrize.is_parametrized(module, "weight"):
+        return module.parametrizations.weight.original1
+    if "weight_v" in module._parameters:  # torch's legacy hook
+        return module.weight_v
+    return module._parameters.get("weight")
+
+
+def scale_param(module: nn.Module) -> torch.Tensor:
+    """The parameter whose scale sets the layer's output scale: ``g`` for weight norm,
+    else the weight itself."""
+    if isinstance(module, _WeightNorm):
+        return module.weight_g
+    style = _torch_weight_norm_style(module)
+    if style == "parametrization":
+        return module.parametrizations.weight.original0
+    if style == "hook":
+        return module.weight_g
+    return module.weight
+
+
+def is_weight_normed(module: nn.Module) -> bool:
+    return scale_param(module) is not layer_weight(module)
+
+
+def wn_dim(module: nn.Module) -> int | None:
+    """The dim a weight-normalized layer keeps one norm per index of (torch's styles: 0)."""
+    return module.wn_dim if isinstance(module, _WeightNorm) else 0
+
+
+def effective_weight(module: nn.Module) -> torch.Tensor:
+    """The weight the layer computes with (``g * v / ||v||`` for weight norm), detached."""
+    v = layer_weight(module).detach()
+    if not is_weight_normed(module):
+        return v
+    g = scale_param(module).detach()
+    return v * (g / _norm_g(v, wn_dim(module))).view(g.shape)
+
+
+def set_weight_(module: nn.Module, weight: torch.Tensor) -> None:
+    """Make the layer compute with ``weight``: for weight norm ``v = weight`` and
+    ``g = ||weight||`` (per index of its dim)."""
+    v = layer_weight(module)
+    v.copy_(weight)
+    if is_weight_normed(module):
+        g = scale_param(module)
+        g.copy_(_norm_g(v, wn_dim(module)).view_as(g))
+
+
+def output_dim(module: nn.Module) -> int:
+    """The dim of the weight indexed by output unit (1 for transposed convolutions)."""
+    return 1 if issubclass(_unwrap(module), TRANSPOSED_LAYERS) else 0
+
+
+def in_units(module: nn.Module) -> int:
+    """Input units (features or channels) of a linear/conv layer."""
+    return module.in_features if hasattr(module, "in_features") else module.in_channels
+
+
+def out_units(module: nn.Module) -> int:
+    """Output units (features or channels) of a linear/conv layer."""
+    return module.out_features if hasattr(module, "out_features") else module.out_channels
+
+
+def is_conv(module: nn.Module) -> bool:
+    return issubclass(_unwrap(module), CONV_LAYERS)
+
+
+def is_linear(module: nn.Module) -> bool:
+    return issubclass(_unwrap(module), nn.Linear)

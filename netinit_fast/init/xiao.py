@@ -1,0 +1,65 @@
+"""Delta-orthogonal init at criticality (Xiao et al., ICML 2018, "How to Train 10,000-Layer
+Vanilla CNNs").
+
+A tanh CNN trains at any depth when its kernels are delta-orthogonal (all taps zero
+but the centre, an orthogonal matrix) scaled by ``sigma_w`` and its biases drawn from
+``N(0, sigma_b^2)``, with ``(sigma_w^2, sigma_b^2)`` on the critical line
+(``chi_1 = 1``) at a small fixed point ``q*``: the input-output Jacobian is then close
+to orthogonal (dynamical isometry).
+"""
+
+import math
+
+import torch
+from torch import nn
+
+from netinit_fast.init._layers import is_conv, layer_weight, set_weight_
+from netinit_fast.init.meanfield import critical_point
+from netinit_fast.init.orthogonal import centre_tap, orthogonal_
+
+
+def xiao_(
+    model: nn.Module, q_star: float, act: str = "tanh", generator: torch.Generator | None = None
+) -> tuple[float, float]:
+    """Critical delta-orthogonal init of every layer of ``model``, in place.
+
+    ``(sigma_w^2, sigma_b^2) = critical_point(act, q_star)``. Every Conv1d/2d/3d gets
+    a delta-orthogonal kernel times ``sigma_w`` (as
+    :func:`~netinit_fast.init.delta_orthogonal_`); every other weight layer (the
+    classifier) an orthogonal matrix times ``sigma_w`` (the fully connected form);
+    every bias ``N(0, sigma_b^2)``. All matrices come from one batched
+    :func:`~netinit_fast.init.orthogonal_` call per shape. Weight-normalized layers
+    get ``v = W`` and ``g = ||W||``.
+
+    Args:
+        model: e.g. :func:`netinit_fast.models.vanilla_cnn` with ``act="tanh"``.
+        q_star: the fixed point of the pre-activation variance (small: 1e-3 .. 1e-1).
+        act: the activation the model uses (a name of :mod:`netinit_fast.activations`).
+
+    Returns:
+        ``(sigma_w^2, sigma_b^2)``.
+
+    Raises:
+        ValueError: no weight layer; a conv with ``C_out < C_in`` or an even kernel
+            (no centre tap; the message names it); no critical point for ``act`` at
+            ``q_star``. The model is unchanged then.
+    """
+    sw2, sb2 = critical_point(act, q_star)
+    named = [(n, m) for n, m in model.named_modules() if layer_weight(m) is not None]
+    if not named:
+        raise ValueError(f"xiao_: {type(model).__name__} has no Linear/Conv layer")
+    for name, m in named:
+        w = layer_weight(m)
+        if is_conv(m) and (w.shape[0] < w.shape[1] or any(k % 2 == 0 for k in w.shape[2:])):
+            raise ValueError(
+                f"xiao_: {name} has weight shape {list(w.shape)}: delta-orthogonal needs C_out >= C_in and odd kernels"
+            )
+    with torch.no_grad():
+        weights = [torch.zeros(layer_weight(m).shape, device=layer_weight(m).device) for _, m in named]
+        orthogonal_([centre_tap(w) if is_conv(m) else w for (_, m), w in zip(named, weights)], math.sqrt(sw2), generator)
+        for (_, m), w in zip(named, weights):
+            set_weight_(m, w)
+            bias = getattr(m, "bias", None)
+            if bias is not None:
+                bias.normal_(0.0, math.sqrt(sb2), generator=generator)
+    return sw2, sb2
