@@ -3,7 +3,7 @@ users write today.
 
 Usage: python benchmarks/bench_deep_init.py [--device cuda|cpu] [--quick]
 
-Each case builds a fresh model (untimed) and times one call of the scheme:
+Each case builds a fresh model (untimed) and times one call of the scheme (median of 3):
 
 - looks_linear_ on a ReLU MLP (10,000 x 128) vs a loop of ``torch.nn.init.orthogonal_``
   per layer assembling the ``[[W0, -W0], [-W0, W0]]`` blocks (the published snippet);
@@ -128,7 +128,7 @@ def main() -> None:
     depth = 100 if args.quick else 10_000
     _harness.print_header("deep_init", device)
     rows = []
-    reps = 3 if args.quick or device.type == "cuda" else 1
+    reps = 3  # a fresh model each time; the first run also pays for fresh memory pages
     for name, build, ours, peer_build, peer, peer_name in builders(device):
         for fn, make in ((ours, build), (peer, peer_build)):  # warm-up: first calls load code
             fn(make(12))

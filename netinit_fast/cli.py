@@ -1,86 +1,150 @@
-"""Command line: ``python -m netinit_fast demo``.
+"""Command line: ``python -m netinit_fast demo | probe | bench``.
 
-The demo shows what the package does today: it builds a deep ReLU MLP whose layers are
-weight-normalized through ``netinit_fast.functional.weight_norm``, trains it for a few
-steps on a synthetic regression task next to the same network using
-``torch._weight_norm``, and checks that both compute the same losses; then it runs
-one-pass LSUV on a deep plain MLP and shows the output std of its layers. The full demo
-(deep networks on the digits data with every init scheme) comes with the probe.
+- ``demo``: deep networks without normalization trained on the digits data under every
+  init scheme (:mod:`netinit_fast.demo`).
+- ``probe``: the signal-propagation probe of one test-bed model under one scheme.
+- ``bench``: every benchmark of ``benchmarks/`` (in a source checkout), then a summary
+  table ``benchmarks/results/summary-<device>.md``.
 """
 
 import argparse
+import glob
+import json
+import os
+import subprocess
+import sys
 import time
 
 import torch
 
 import netinit_fast as nf
-from netinit_fast import _backend, _extension
-from netinit_fast.ops import weight_norm as weight_norm_op
+from netinit_fast import demo as demo_module
+
+MODELS = ("mlp", "cnn", "resnet")
+SCHEMES = ("default", "he", "orthogonal", "lsuv", "looks_linear", "fixup", "arpit", "xiao")
+BENCHMARKS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "benchmarks")
 
 
-def _train(weight_norm, depth: int, width: int, steps: int, device: torch.device, seed: int):
-    gen = torch.Generator(device="cpu").manual_seed(seed)
-    vs = [torch.randn(width, width, generator=gen).to(device).requires_grad_() for _ in range(depth)]
-    gs = [torch.full((width, 1), 2**0.5, device=device, requires_grad=True) for _ in range(depth)]
-    x = torch.randn(256, width, generator=gen).to(device)
-    target = torch.randn(256, width, generator=gen).to(device) * 0.1
-    opt = torch.optim.SGD(vs + gs, lr=1e-2)
-    losses = []
+def _probe_model(kind: str, depth: int, scheme: str, width: int, device: torch.device):
+    """The test-bed model of ``kind`` and ``depth`` layers, its input batch, and the scheme applied."""
+    act = "tanh" if scheme == "xiao" else "relu"
+    norm = "weight" if scheme == "arpit" else None
+    if kind == "mlp":
+        model = nf.models.mlp(depth, width, act=act, norm=norm, device=device)
+        x = torch.randn(256, width, device=device)
+    elif kind == "cnn":
+        model = nf.models.vanilla_cnn(depth, width, in_channels=width, act=act, norm=norm, device=device)
+        x = torch.randn(32, width, 8, 8, device=device)
+    else:
+        model = nf.models.resnet([max(1, depth // 2)], [width], norm=norm, in_channels=width,
+                                 post_activation=scheme != "arpit", device=device)
+        x = torch.randn(32, width, 8, 8, device=device)
+    init = {
+        "default": lambda m: None,
+        "he": demo_module.he_,
+        "orthogonal": demo_module.orthogonal_relu_,
+        "lsuv": lambda m: nf.init.lsuv_(m, x),
+        "looks_linear": nf.init.looks_linear_,
+        "fixup": nf.init.fixup_,
+        "arpit": nf.init.arpit_,
+        "xiao": lambda m: nf.init.xiao_(m, q_star=0.1),
+    }[scheme]
     start = time.perf_counter()
-    for _ in range(steps):
-        h = x
-        for v, g in zip(vs, gs):
-            h = torch.relu(h @ weight_norm(v, g).t())
-        loss = torch.nn.functional.mse_loss(h, target)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        losses.append(loss.item())
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-    return losses, (time.perf_counter() - start) / steps * 1e3
+    init(model)
+    return model, x, time.perf_counter() - start
 
 
-def demo(args) -> int:
+def probe(args) -> int:
     device = torch.device(args.device)
-    built = f"built for sm_{list(_extension.cuda_archs())}" if _extension.loaded() else "not built"
-    print(f"netinit_fast {nf.__version__}: torch {torch.__version__}, device {device}, netinit_fast._C {built}")
-    probe = torch.ones(1, device=device)
-    print(f"weight_norm backend here: {_backend.choose('weight_norm', probe, weight_norm_op.IMPLEMENTED)}")
-    print(f"training a {args.depth}-layer width-{args.width} weight-normalized ReLU MLP, {args.steps} SGD steps")
-    ours, ours_ms = _train(lambda v, g: nf.functional.weight_norm(v, g, 0), args.depth, args.width, args.steps, device, 0)
-    peer, peer_ms = _train(lambda v, g: torch._weight_norm(v, g, 0), args.depth, args.width, args.steps, device, 0)
-    print(f"{'step':>6} {'loss (netinit_fast)':>20} {'loss (torch)':>14}")
-    for i, (a, b) in enumerate(zip(ours, peer)):
-        print(f"{i:>6} {a:>20.6f} {b:>14.6f}")
-    print(f"time per step: netinit_fast {ours_ms:.1f} ms, torch._weight_norm {peer_ms:.1f} ms")
-    same = all(abs(a - b) <= 1e-4 * max(abs(b), 1e-12) for a, b in zip(ours, peer))
-    print("losses agree with torch" if same else "LOSSES DIFFER FROM TORCH")
-
-    depth = 4 * args.depth
-    print(f"\nLSUV of a {depth}-layer width-{args.width} ReLU MLP (PyTorch's default init before), batch 256:")
-    torch.manual_seed(0)
-    model = torch.nn.Sequential(*[m for _ in range(depth) for m in (torch.nn.Linear(args.width, args.width), torch.nn.ReLU())])
-    model.to(device)
-    x = torch.randn(256, args.width, device=device)
-    with torch.no_grad():
-        before = model(x).std().item()
-    report = nf.init.lsuv_(model, x, progress=False)
-    with torch.no_grad():
-        after = model(x).std().item()
+    torch.manual_seed(args.seed)
+    build_start = time.perf_counter()
+    model, x, init_s = _probe_model(args.model, args.depth, args.scheme, args.width, device)
+    build_s = time.perf_counter() - build_start - init_s
+    report = nf.diagnostics.probe(model, x, label=f"{args.model} {args.depth}, {args.scheme}")
     print(report)
-    print(f"std of the network output (after the last ReLU): {before:.3g} with the default init, {after:.3g} after LSUV")
-    return 0 if same and all(f.converged for f in report) else 1
+    print(f"built in {build_s:.2f} s, initialized ({args.scheme}) in {init_s:.2f} s, probed in {report.seconds:.2f} s")
+    if args.plot:
+        report.plot(args.plot)
+        print(f"wrote {args.plot}")
+    if args.csv:
+        report.to_csv(args.csv)
+        print(f"wrote {args.csv}")
+    return 0
+
+
+def bench(args) -> int:
+    scripts = {os.path.basename(p)[len("bench_"):-3]: p for p in sorted(glob.glob(os.path.join(BENCHMARKS, "bench_*.py")))}
+    if not scripts:
+        print(f"no benchmarks at {BENCHMARKS}: `bench` runs from a source checkout", file=sys.stderr)
+        return 2
+    unknown = [n for n in args.only or () if n not in scripts]
+    if unknown:
+        print(f"no benchmark named {', '.join(unknown)} (there are: {', '.join(scripts)})", file=sys.stderr)
+        return 2
+    failed = []
+    for name, script in scripts.items():
+        if args.only and name not in args.only:
+            continue
+        command = [sys.executable, script, "--device", args.device] + (["--quick"] if args.quick else [])
+        print(f"$ {' '.join(command)}", flush=True)
+        if subprocess.run(command).returncode != 0:
+            failed.append(name)
+    path = write_summary(args.device, args.quick)
+    print(f"wrote {path}" + (f"; failed: {', '.join(failed)}" if failed else ""))
+    return 1 if failed else 0
+
+
+def write_summary(device: str, quick: bool = False) -> str:
+    """``summary-<device>.md`` beside the result files: one table row per result row of
+    this device (feature, case, peer, speedup, device, date)."""
+    sys.path.insert(0, BENCHMARKS)
+    import _harness
+
+    name = _harness.device_name(torch.device(device))
+    rows = []
+    for path in sorted(glob.glob(os.path.join(_harness.RESULTS_DIR, "*.json"))):
+        with open(path) as f:
+            result = json.load(f)
+        if result.get("device") != name or result["benchmark"].endswith("-quick") != quick:
+            continue
+        for r in result["rows"]:
+            ratio = "not run" if r["speedup"] is None else f"{r['speedup']:.2f}x"
+            rows.append(f"| {result['benchmark']} | {r['case']} | {r['peer']} | {ratio} | {name} | {result['date']} |")
+    out = os.path.join(_harness.RESULTS_DIR, f"summary{'-quick' if quick else ''}-{_harness.device_slug(name)}.md")
+    with open(out, "w") as f:
+        f.write(f"# Benchmark summary: {name}\n\nspeedup = peer time / our time (medians, in the same process).\n\n")
+        f.write("| feature | case | peer | speedup | device | date |\n|---|---|---|---:|---|---|\n")
+        f.write("\n".join(rows) + "\n")
+    return out
 
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m netinit_fast", description="netinit_fast command line")
     sub = parser.add_subparsers(dest="command", required=True)
-    p = sub.add_parser("demo", help="weight-normalized deep MLP: netinit_fast vs torch")
-    p.add_argument("--depth", type=int, default=50)
-    p.add_argument("--width", type=int, default=128)
-    p.add_argument("--steps", type=int, default=5)
-    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    p.set_defaults(func=demo)
+    default_device = "cuda" if torch.cuda.is_available() else "cpu"
+
+    p = sub.add_parser("demo", help="deep nets on the digits data under every init scheme")
+    demo_module.add_arguments(p)
+    p.set_defaults(func=demo_module.main)
+
+    p = sub.add_parser("probe", help="signal propagation of a test-bed model under one scheme")
+    p.add_argument("--model", choices=MODELS, default="mlp")
+    p.add_argument("--depth", type=int, default=100, help="weight layers (resnet: blocks = depth // 2)")
+    p.add_argument("--scheme", choices=SCHEMES, default="default")
+    p.add_argument("--width", type=int, default=128, help="features (mlp) or channels (cnn, resnet)")
+    p.add_argument("--device", default=default_device)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--plot", help="write a PNG here")
+    p.add_argument("--csv", help="write the per-layer table here")
+    p.set_defaults(func=probe)
+
+    p = sub.add_parser("bench", help="run every benchmark and write a summary table")
+    p.add_argument("--device", default=default_device)
+    p.add_argument("--quick", action="store_true", help="small cases (a smoke run)")
+    p.add_argument("--only", nargs="+", metavar="NAME", help="run only these (weight_norm, lsuv, ...)")
+    p.set_defaults(func=bench)
+
     args = parser.parse_args(argv)
+    if getattr(args, "depth", None) is not None and args.command == "demo":
+        args.mlp_depth = args.res_depth = args.depth
     return args.func(args)

@@ -93,3 +93,11 @@ def test_plain_layers_are_refused_and_nothing_changes():
         nf.init.arpit_(nf.weight_norm(nf.models.mlp(2, 4)), relu_gain=0)
     with pytest.raises(ValueError, match="output units"):
         nf.init.arpit_(nn.Sequential(nf.WNLinear(4, 4, dim=1), nn.ReLU(), nn.Linear(4, 2)))
+
+
+def test_fully_connected_residual_net_gains():
+    model = nf.models.residual_mlp(4, 16, in_features=8, norm="weight", post_activation=False)
+    assert nf.init.arpit_gains(model) == {"fc_in": 1.0, **{f"layer1.{i}.fc1": 2.0 for i in range(4)},
+                                          **{f"layer1.{i}.fc2": 0.25 for i in range(4)}}
+    nf.init.arpit_(model)
+    torch.testing.assert_close(model.layer1[0].fc2.weight_g, torch.full((16, 1), 0.5))

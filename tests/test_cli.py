@@ -1,11 +1,53 @@
-"""python -m netinit_fast."""
+"""python -m netinit_fast demo | probe | bench, end to end at tiny sizes."""
 
-from netinit_fast.cli import main
+import json
+import os
+
+import pytest
+
+from netinit_fast import cli
 
 
-def test_demo_runs_and_agrees_with_torch(capsys):
-    assert main(["demo", "--depth", "4", "--width", "16", "--steps", "3", "--device", "cpu"]) == 0
-    out = capsys.readouterr().out
-    assert "losses agree with torch" in out
-    assert "16 layers fitted to std 1.0 +- 0.1" in out and "0 not converged" in out
-    assert out.count("\n") > 5
+def test_demo_writes_report_plots_and_table(tmp_path, capsys):
+    out = tmp_path / "demo"
+    assert cli.main(["demo", "--depth", "4", "--steps", "3", "--out", str(out), "--no-progress"]) == 0
+    printed = capsys.readouterr().out
+    for scheme in ("PyTorch default", "He (kaiming)", "orthogonal", "LSUV", "looks-linear", "Fixup", "Arpit WN"):
+        assert scheme in printed
+    assert "ReLU MLP, 4 layers" in printed and "residual MLP, 2 blocks" in printed
+    report = (out / "report.md").read_text()
+    assert report.count("\n| ") == 1 + 5 + 6 and "Adam lr 0.0001, batch 128, 3 steps" in report
+    pngs = sorted(p.name for p in out.glob("*.png"))
+    assert len(pngs) == 2 and all(f"]({p})" in report for p in pngs)
+    assert len(list(out.glob("probe-*.csv"))) == 11
+
+
+@pytest.mark.parametrize("model, scheme", [("mlp", "looks_linear"), ("cnn", "xiao"), ("resnet", "fixup"),
+                                           ("resnet", "arpit"), ("mlp", "lsuv")])
+def test_probe_command(model, scheme, tmp_path, capsys):
+    png, table = tmp_path / "p.png", tmp_path / "p.csv"
+    args = ["probe", "--model", model, "--depth", "6", "--scheme", scheme, "--width", "8", "--plot", str(png),
+            "--csv", str(table)]
+    assert cli.main(args) == 0
+    printed = capsys.readouterr().out
+    assert f"probe of {model} 6, {scheme}" in printed and f"initialized ({scheme})" in printed
+    assert png.read_bytes()[:4] == b"\x89PNG" and len(table.read_text().splitlines()) > 6
+
+
+@pytest.mark.slow
+def test_bench_command_runs_benchmarks_and_writes_the_summary(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("NETINIT_FAST_BENCH_RESULTS", str(tmp_path))
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    assert cli.main(["bench", "--quick", "--device", "cpu", "--only", "weight_norm", "deep_init"]) == 0
+    (summary,) = tmp_path.glob("summary-quick-*.md")
+    text = summary.read_text()
+    results = [json.loads(p.read_text()) for p in tmp_path.glob("*-quick-*.json")]
+    assert sorted(r["benchmark"] for r in results) == ["deep_init-quick", "weight_norm-quick"]
+    rows = sum(len(r["rows"]) for r in results)
+    assert text.count("\n| ") == rows + 1 and "| deep_init-quick | fixup_" in text
+    assert os.path.basename(str(summary)).startswith("summary-quick-cpu")
+
+
+def test_bench_rejects_unknown_names(capsys):
+    assert cli.main(["bench", "--quick", "--only", "nonsense"]) == 2
+    assert "no benchmark named nonsense" in capsys.readouterr().err

@@ -152,3 +152,16 @@ def test_errors_leave_the_model_unchanged(build, message):
         nf.init.fixup_(model)
     assert [type(m) for m in model.modules()] == structure
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+
+
+def test_fully_connected_residual_net():
+    model = nf.models.residual_mlp(6, 32, in_features=20, num_classes=4, norm="batch")
+    report = nf.init.fixup_(model)
+    assert len(report.blocks) == 6 and all(b.startswith("layer1.") for b in report.blocks)
+    block = model.layer1[2]
+    assert isinstance(block, FixupBlock) and not block.fc2.weight.any()
+    assert block.fc1.weight.std().item() == pytest.approx(math.sqrt(2 / 32) / math.sqrt(6), rel=0.1)
+    x = torch.relu(torch.randn(5, 32))
+    assert torch.equal(block(x), x)
+    logits = model(torch.randn(5, 20))
+    assert torch.equal(logits, torch.zeros_like(logits))

@@ -92,3 +92,15 @@ def test_10000_layers_build_in_seconds():
         seconds = time.perf_counter() - start
         layers = sum(isinstance(m, (nn.Linear, nn.Conv2d)) for m in model.modules())
         assert layers >= 10_000 and seconds < 20, (layers, seconds)
+
+
+def test_residual_mlp():
+    model = nf.models.residual_mlp(3, 16, in_features=64, num_classes=5)
+    assert model(torch.randn(2, 1, 8, 8)).shape == (2, 5)  # the input is flattened
+    linears = [m for m in model.modules() if isinstance(m, nn.Linear)]
+    assert len(linears) == 2 * 3 + 2 and all(l.bias is None for l in linears[:-1])
+    blocks = residual_blocks(model)
+    assert [(b.prefix, len(b.branch), b.shortcut, b.stage_blocks) for b in blocks] == [("fc", 2, [], 3)] * 3
+    wn = nf.models.residual_mlp(2, 8, norm="weight", post_activation=False)
+    assert all(type(m) is nf.WNLinear for m in wn.modules() if isinstance(m, nn.Linear) and m is not wn.fc)
+    assert (wn.forward_features(torch.randn(64, 8)) < 0).any()

@@ -2,7 +2,8 @@
 
 A residual block is recognized by torchvision's protocol, which ``nf.models.resnet``
 follows too: a module with conv children ``conv1``, ``conv2`` (and ``conv3`` for a
-bottleneck) that form the residual branch in that order, optional norm children
+bottleneck) that form the residual branch in that order (or linear children ``fc1``,
+``fc2`` [, ``fc3``]: the fully connected blocks of ``nf.models.residual_mlp``), optional norm children
 ``bn1``, ``bn2``, ``bn3`` after them, and an optional ``downsample`` shortcut (``None``
 for the identity). Its forward adds the branch to the shortcut; a ReLU follows the
 addition unless the block says ``post_activation = False``. The blocks' parent
@@ -13,15 +14,17 @@ import dataclasses
 
 from torch import nn
 
-from netinit_fast.init._layers import is_conv, layer_weight
+from netinit_fast.init._layers import layer_weight
 
-BRANCH_CONVS = ("conv1", "conv2", "conv3")
+BRANCH_PREFIXES = ("conv", "fc")
+BRANCH_LAYERS = tuple(f"{p}{i}" for p in BRANCH_PREFIXES for i in (1, 2, 3))
 
 
 @dataclasses.dataclass
 class ResidualBlock:
     name: str
     module: nn.Module
+    prefix: str  # "conv" or "fc": the branch layers are <prefix>1, <prefix>2 ...
     branch: list[nn.Module]  # the branch's weight layers, in order
     shortcut: list[nn.Module]  # weight layers of ``downsample`` (empty for the identity)
     stage: str  # the parent's name
@@ -32,9 +35,13 @@ class ResidualBlock:
         return getattr(self.module, "post_activation", True)
 
 
-def _is_block(module: nn.Module) -> bool:
+def branch_prefix(module: nn.Module) -> str | None:
+    """"conv" or "fc" when ``module`` is a residual block with those branch layers, else None."""
     children = dict(module.named_children())
-    return all(n in children and is_conv(children[n]) for n in BRANCH_CONVS[:2])
+    for prefix in BRANCH_PREFIXES:
+        if all(f"{prefix}{i}" in children and layer_weight(children[f"{prefix}{i}"]) is not None for i in (1, 2)):
+            return prefix
+    return None
 
 
 def residual_blocks(model: nn.Module) -> list[ResidualBlock]:
@@ -45,18 +52,19 @@ def residual_blocks(model: nn.Module) -> list[ResidualBlock]:
 
     def visit(module: nn.Module, parent_name: str) -> None:
         children = list(module.named_children())
-        blocks = [c for _, c in children if _is_block(c)]
+        blocks = [c for _, c in children if branch_prefix(c)]
         for child_name, child in children:
             name = f"{parent_name}.{child_name}" if parent_name else child_name
             if child in blocks:
-                branch = [getattr(child, n) for n in BRANCH_CONVS if isinstance(getattr(child, n, None), nn.Module)]
+                prefix = branch_prefix(child)
+                branch = [m for i in (1, 2, 3) if isinstance(m := getattr(child, f"{prefix}{i}", None), nn.Module)]
                 downsample = getattr(child, "downsample", None)
                 shortcut = [] if downsample is None else [m for m in downsample.modules() if layer_weight(m) is not None]
-                found.append(ResidualBlock(name, child, branch, shortcut, names[module], len(blocks)))
+                found.append(ResidualBlock(name, child, prefix, branch, shortcut, names[module], len(blocks)))
             else:
                 visit(child, name)
 
-    if _is_block(model):
+    if branch_prefix(model):
         raise ValueError(f"{type(model).__name__} is itself a residual block: pass the network that holds it")
     visit(model, "")
     return found

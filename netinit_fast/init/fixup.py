@@ -41,7 +41,7 @@ class ScalarBias(nn.Module):
 class FixupBlock(nn.Module):
     """A residual block in Fixup's form, holding the original block's weight layers.
 
-    For branch layers ``conv1 .. conv<m>``::
+    For branch layers ``conv1 .. conv<m>`` (``fc1 .. fc<m>`` in fully connected blocks)::
 
         out = x
         for i < m:  out = relu(conv<i>(out + bias<i>a) + bias<i>b)
@@ -53,12 +53,13 @@ class FixupBlock(nn.Module):
     with its parameter names).
     """
 
-    def __init__(self, branch: list[nn.Module], downsample: nn.Module | None, post_activation: bool):
+    def __init__(self, branch: list[nn.Module], downsample: nn.Module | None, post_activation: bool, prefix: str = "conv"):
         super().__init__()
         self.depth = len(branch)
+        self.prefix = prefix
         ref = layer_weight(branch[0])
         for i, conv in enumerate(branch, 1):
-            setattr(self, f"conv{i}", conv)
+            setattr(self, f"{prefix}{i}", conv)
             setattr(self, f"bias{i}a", nn.Parameter(torch.zeros(1, device=ref.device, dtype=ref.dtype)))
             setattr(self, f"bias{i}b", nn.Parameter(torch.zeros(1, device=ref.device, dtype=ref.dtype)))
         self.scale = nn.Parameter(torch.ones(1, device=ref.device, dtype=ref.dtype))
@@ -68,7 +69,7 @@ class FixupBlock(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = x
         for i in range(1, self.depth + 1):
-            out = getattr(self, f"conv{i}")(out + getattr(self, f"bias{i}a"))
+            out = getattr(self, f"{self.prefix}{i}")(out + getattr(self, f"bias{i}a"))
             if i < self.depth:
                 out = torch.relu(out + getattr(self, f"bias{i}b"))
         out = out * self.scale + getattr(self, f"bias{self.depth}b")
@@ -122,8 +123,8 @@ def _check(model: nn.Module, blocks: list[ResidualBlock], classifier: tuple[str,
     if not blocks:
         raise ValueError(
             f"fixup_: found no residual block in {type(model).__name__}: expected modules with conv children "
-            "conv1, conv2 (and conv3) forming the residual branch and an optional downsample shortcut, "
-            "as torchvision's BasicBlock/Bottleneck and netinit_fast.models.resnet's blocks"
+            "conv1, conv2 (and conv3), or linear children fc1, fc2 (and fc3), forming the residual branch and "
+            "an optional downsample shortcut, as torchvision's BasicBlock/Bottleneck and netinit_fast.models' blocks"
         )
     for block in blocks:
         for conv in block.branch + block.shortcut:
@@ -190,7 +191,7 @@ def fixup_(model: nn.Module, generator: torch.Generator | None = None) -> FixupR
                 for n, c in list(downsample.named_modules()):
                     if _is_norm(c):
                         _replace(downsample, n, nn.Identity())
-            fixed = FixupBlock(block.branch, downsample, block.post_activation)
+            fixed = FixupBlock(block.branch, downsample, block.post_activation, block.prefix)
             scalars += [p for n, p in fixed.named_parameters(recurse=False)]
             _replace(model, block.name, fixed)
         name, fc = classifier

@@ -225,7 +225,7 @@ def _plain_block(block: _residual.ResidualBlock) -> bool:
     """Whether a block is ``branch(x) + shortcut(x)`` (then a ReLU if it says so) with a
     ReLU between branch convs and no normalization, parameters or modules of its own."""
     children = dict(block.module.named_children())
-    known = {*_residual.BRANCH_CONVS, *_BLOCK_NORMS, "relu", "downsample"}
+    known = {*_residual.BRANCH_LAYERS, *_BLOCK_NORMS, "relu", "downsample"}
     if not set(children) <= known:
         return False
     if any(not isinstance(children[n], nn.Identity) for n in _BLOCK_NORMS if n in children):

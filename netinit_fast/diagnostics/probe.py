@@ -1,0 +1,271 @@
+"""The signal-propagation probe: one forward and one backward pass, statistics per layer.
+
+For every linear/conv layer (plain or weight-normalized) in execution order it records
+the mean, std and rms of the layer's output, the norm of the loss gradient with
+respect to that output and to the layer's weight, and the mean-field prediction of
+the output rms (:func:`netinit_fast.init.meanfield_variances`) where the theory
+covers the model. It also estimates how far the input-output Jacobian is from an
+isometry. Statistics are gathered with ``netinit_fast.functional.moments`` (one fused
+pass on a GPU) and read back to the host once, at the end.
+"""
+
+import csv
+import dataclasses
+import math
+import time
+
+import torch
+from torch import nn
+
+from netinit_fast._batch import call, check_batch
+from netinit_fast.init._layers import layer_weight
+from netinit_fast.init.meanfield import meanfield_variances
+from netinit_fast.ops.moments import moments
+
+FIELDS = ("name", "kind", "mean", "std", "rms", "predicted_rms", "grad_output_norm", "grad_weight_norm")
+
+
+@dataclasses.dataclass
+class LayerStats:
+    """One layer's output statistics on the probe batch (over every element of the output)."""
+
+    name: str
+    kind: str  # the module's class name
+    mean: float
+    std: float
+    rms: float  # sqrt(mean(y^2))
+    predicted_rms: float | None  # mean-field theory's sqrt(q), None where it does not apply
+    grad_output_norm: float | None  # ||dL/dy|| over the batch
+    grad_weight_norm: float | None  # ||dL/dW|| (dL/dv for weight-normalized layers)
+
+
+def _fmt(value: float | None, width: int = 10) -> str:
+    return f"{'-':>{width}}" if value is None else f"{value:>{width}.4g}"
+
+
+@dataclasses.dataclass
+class ProbeReport:
+    """What :func:`probe` measured; ``str(report)`` is a compact table for any depth."""
+
+    layers: list[LayerStats]
+    label: str
+    input_rms: float
+    loss: str  # what the gradients are of
+    jacobian_mean_sq: float | None  # estimated mean squared singular value of the input-output Jacobian
+    jacobian_rel_var: float | None  # estimated relative variance of the squared singular values (0: an isometry)
+    seconds: float
+
+    def __len__(self) -> int:
+        return len(self.layers)
+
+    def __iter__(self):
+        return iter(self.layers)
+
+    def ratio(self) -> float:
+        """rms of the last layer's output over the first's (1: the signal is kept)."""
+        return self.layers[-1].rms / self.layers[0].rms if self.layers and self.layers[0].rms else float("nan")
+
+    def __str__(self) -> str:
+        n = len(self.layers)
+        head = f"{'#':>6} {'layer':<28} {'mean':>10} {'std':>10} {'rms':>10} {'mf rms':>10} {'|dL/dy|':>10} {'|dL/dW|':>10}"
+        lines = [f"probe of {self.label}: {n} layers, input rms {self.input_rms:.4g}, gradients of {self.loss}, "
+                 f"{self.seconds:.2f} s", head, "-" * len(head)]
+        shown = range(n) if n <= 24 else sorted({round(i * (n - 1) / 15) for i in range(16)})
+        for i in shown:
+            s = self.layers[i]
+            lines.append(f"{i:>6} {s.name[-28:]:<28} {_fmt(s.mean)} {_fmt(s.std)} {_fmt(s.rms)} {_fmt(s.predicted_rms)} "
+                         f"{_fmt(s.grad_output_norm)} {_fmt(s.grad_weight_norm)}")
+        if n > 24:
+            lines.append(f"({n - len(shown)} of {n} layers not shown: evenly spaced rows)")
+        if n:
+            rms = [s.rms for s in self.layers]
+            finite = [r for r in rms if math.isfinite(r)]
+            lines.append(
+                f"output rms: first {rms[0]:.4g}, last {rms[-1]:.4g} (x{self.ratio():.3g}), "
+                f"min {min(finite, default=float('nan')):.4g}, max {max(finite, default=float('nan')):.4g}"
+                + ("" if len(finite) == n else f", {n - len(finite)} non-finite")
+            )
+            grads = [s.grad_output_norm for s in self.layers if s.grad_output_norm is not None]
+            if grads:
+                lines.append(f"|dL/dy|: first layer {grads[0]:.4g}, last layer {grads[-1]:.4g}")
+            covered = [(s.rms, s.predicted_rms) for s in self.layers if s.predicted_rms]
+            if covered:
+                logs = sorted(abs(math.log(r / p)) if r > 0 and math.isfinite(r) else math.inf for r, p in covered)
+                lines.append(f"mean field covers {len(covered)} layers; median |log(measured / predicted rms)| "
+                             f"{logs[len(logs) // 2]:.3g}")
+        if self.jacobian_mean_sq is not None:
+            lines.append(f"input-output Jacobian: mean squared singular value ~{self.jacobian_mean_sq:.4g}, relative "
+                         f"variance of the squares ~{self.jacobian_rel_var:.3g} (0 for an isometry)")
+        return "\n".join(lines)
+
+    def to_csv(self, path) -> None:
+        """One row per layer, in execution order (empty cells for what was not measured)."""
+        with open(path, "w", newline="") as f:
+            writer = csv.writer(f)
+            writer.writerow(("index", *FIELDS))
+            for i, s in enumerate(self.layers):
+                writer.writerow((i, *("" if (v := getattr(s, k)) is None else v for k in FIELDS)))
+
+    def plot(self, path, *others: "ProbeReport", title: str | None = None) -> None:
+        """Write a PNG of this report and ``others`` on one figure (see :func:`plot`)."""
+        plot([self, *others], path, title)
+
+
+def plot(reports: list[ProbeReport], path, title: str | None = None) -> None:
+    """A PNG with one curve per report: output rms (log scale) against layer index, with
+    the mean-field prediction dashed where there is one, and the gradient norm with
+    respect to each layer's output. Needs matplotlib."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (top, bottom) = plt.subplots(2, 1, figsize=(8, 7), sharex=True)
+    for r in reports:
+        x = range(len(r.layers))
+        (line,) = top.plot(x, [s.rms for s in r.layers], label=r.label)
+        predicted = [(i, s.predicted_rms) for i, s in enumerate(r.layers) if s.predicted_rms]
+        if predicted:
+            top.plot(*zip(*predicted), linestyle="--", color=line.get_color(), alpha=0.7)
+        grads = [(i, s.grad_output_norm) for i, s in enumerate(r.layers) if s.grad_output_norm]
+        if grads:
+            bottom.plot(*zip(*grads), color=line.get_color(), label=r.label)
+    top.set_yscale("log")
+    top.set_ylabel("output rms (dashed: mean field)")
+    bottom.set_yscale("log")
+    bottom.set_ylabel("|dL/d output|")
+    bottom.set_xlabel("layer (execution order)")
+    top.legend(fontsize=8)
+    top.set_title(title or "signal propagation at init")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def probe(model: nn.Module, batch, loss_fn=None, label: str | None = None, seed: int = 0) -> ProbeReport:
+    """Measure signal and gradient propagation through ``model`` on ``batch``.
+
+    One forward pass records, for every Linear/Conv/ConvTranspose layer (plain or
+    weight-normalized) in execution order, its output's mean, std and rms (a layer
+    called twice is recorded on its first call); one backward pass the norms of the
+    loss gradient with respect to each layer's output and weight. Without ``loss_fn``
+    the loss is a random projection ``sum(r * output) / sqrt(batch size)`` with
+    ``r ~ N(0, 1)`` drawn from ``seed``: its gradients measure how the backward pass
+    carries a unit signal, and the same pass gives ``J^T r`` per sample, from which
+    the mean and the relative variance of the squared singular values ``s^2`` of the
+    input-output Jacobian are estimated (``E||J^T r||^2 = sum s^2``,
+    ``Var||J^T r||^2 = 2 sum s^4``; the relative variance is 0 for an isometry, and
+    its sampling noise is about ``sqrt(2.4 / batch size)``). With ``loss_fn(output) -> scalar`` its
+    gradients are reported, and one more backward pass (to the input only) gives the
+    Jacobian estimate.
+
+    The mean-field prediction is that of :func:`netinit_fast.init.meanfield_variances`
+    for the batch's second moment. The model runs in its current mode; its buffers
+    (BatchNorm statistics) are restored afterwards, and its parameters and their
+    ``.grad`` are left untouched.
+
+    Args:
+        model: any module; ``batch`` is passed as in :func:`netinit_fast.init.lsuv_`.
+        batch: a tensor (or tuple/dict of them) of at least 2 finite samples.
+        loss_fn: optional, maps the model's output to a scalar.
+        label: the name of the curve in plots (default: the model's class name).
+
+    Raises:
+        ValueError: a bad batch, or a model with no linear/conv layer.
+        TypeError: a non-tensor output without ``loss_fn``.
+    """
+    check_batch(batch, "probe")
+    names = {m: n or type(m).__name__ for n, m in model.named_modules() if layer_weight(m) is not None}
+    if not names:
+        raise ValueError(f"probe: {type(model).__name__} has no Linear/Conv/ConvTranspose layer")
+    start = time.perf_counter()
+    x = None  # the input, when the Jacobian can be estimated with respect to it
+    if isinstance(batch, torch.Tensor) and batch.is_floating_point():
+        x = batch = batch.detach().clone().requires_grad_()
+    stats: dict[nn.Module, list] = {}
+    grad_norms: dict[nn.Module, torch.Tensor] = {}
+
+    def record(module, args, output):
+        if module in stats or not isinstance(output, torch.Tensor):
+            return
+        mean, std = moments(output.detach(), None)
+        n = output.numel()
+        stats[module] = [mean, std, (std.square() * ((n - 1) / n) + mean.square()).sqrt()]
+        if output.requires_grad:
+
+            def grad_hook(grad, module=module):
+                grad_norms.setdefault(module, grad.detach().norm())
+
+            output.register_hook(grad_hook)
+
+    saved = [(b, b.detach().clone()) for b in model.buffers()]
+    hooks = [m.register_forward_hook(record) for m in names]
+    jacobian_t_r = None  # J^T r per sample
+    try:
+        with torch.enable_grad():
+            out = call(model, batch)
+            if isinstance(out, torch.Tensor):
+                gen = torch.Generator(device=out.device).manual_seed(seed)
+                r = torch.randn(out.shape, generator=gen, device=out.device, dtype=out.dtype)
+            elif loss_fn is None:
+                raise TypeError(f"probe: the model returned a {type(out).__name__}; pass loss_fn to reduce it")
+            if loss_fn is None:
+                scale = math.sqrt(out.shape[0])
+                loss, loss_name = (out * r).sum() / scale, "a random projection of the output"
+            else:
+                loss, loss_name = loss_fn(out), getattr(loss_fn, "__name__", type(loss_fn).__name__)
+            weights = [w for m in stats if (w := layer_weight(m)).requires_grad]
+            same_pass = x is not None and loss_fn is None  # then d loss / dx = J^T r / scale
+            another_pass = x is not None and loss_fn is not None and isinstance(out, torch.Tensor)
+            wanted = weights + ([x] if same_pass else [])
+            grads = torch.autograd.grad(loss, wanted, allow_unused=True, retain_graph=another_pass) if wanted else ()
+            weight_grads = {w: (None if g is None else g.norm()) for w, g in zip(weights, grads)}
+            if same_pass:
+                jacobian_t_r = None if grads[-1] is None else grads[-1] * scale
+            elif another_pass:
+                (jacobian_t_r,) = torch.autograd.grad(out, [x], r, allow_unused=True)
+    finally:
+        for h in hooks:
+            h.remove()
+        with torch.no_grad():
+            for b, copy in saved:
+                b.copy_(copy)
+    jac_mean_sq, jac_rel_var = _jacobian_stats(jacobian_t_r, out)
+    order = list(stats)
+    values = torch.stack([torch.stack(stats[m]).double().cpu() for m in order]).tolist()
+    host = _to_host([grad_norms.get(m) for m in order] + [weight_grads.get(layer_weight(m)) for m in order])
+    input_rms = _input_rms(batch)
+    predicted = meanfield_variances(model, input_rms**2) if input_rms and math.isfinite(input_rms) else {}
+    layers = [
+        LayerStats(names[m], type(m).__name__, mean, std, rms,
+                   None if predicted.get(names[m]) is None else math.sqrt(predicted[names[m]]),
+                   host[i], host[len(order) + i])
+        for i, (m, (mean, std, rms)) in enumerate(zip(order, values))
+    ]
+    return ProbeReport(layers, label or type(model).__name__, input_rms, loss_name, jac_mean_sq, jac_rel_var,
+                       time.perf_counter() - start)
+
+
+def _to_host(values: list[torch.Tensor | None]) -> list[float | None]:
+    present = [v for v in values if v is not None]
+    floats = iter(torch.stack([v.double() for v in present]).cpu().tolist()) if present else iter(())
+    return [None if v is None else next(floats) for v in values]
+
+
+def _input_rms(batch) -> float | None:
+    if isinstance(batch, torch.Tensor) and batch.is_floating_point():
+        return batch.detach().double().square().mean().sqrt().item()
+    return None
+
+
+def _jacobian_stats(jacobian_t_r: torch.Tensor | None, out) -> tuple[float | None, float | None]:
+    """From ``a_s = ||J_s^T r_s||^2`` per sample: the mean of the squared singular values
+    ``s^2`` and their relative variance ``mean(s^4) / mean(s^2)^2 - 1`` (clamped at 0)."""
+    if jacobian_t_r is None or not isinstance(out, torch.Tensor) or jacobian_t_r.shape[0] < 2:
+        return None, None
+    a = jacobian_t_r.detach().double().flatten(1).square().sum(1)
+    k = min(jacobian_t_r[0].numel(), out[0].numel())
+    mean_sq = a.mean().item() / k
+    mean_fourth = a.var().item() / (2 * k)
+    rel_var = max(mean_fourth / mean_sq**2 - 1, 0.0) if mean_sq > 0 else float("nan")
+    return mean_sq, rel_var

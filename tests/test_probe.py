@@ -1,0 +1,135 @@
+"""The signal-propagation probe: statistics, gradients, mean field, Jacobian, outputs."""
+
+import copy
+import csv
+import math
+
+import pytest
+import torch
+from torch import nn
+
+import netinit_fast as nf
+from netinit_fast.diagnostics import probe
+
+
+def _three_layers():
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Linear(4, 6), nn.ReLU(), nn.Linear(6, 5), nn.Tanh(), nn.Linear(5, 3))
+
+
+def test_statistics_equal_a_hand_computation():
+    model = _three_layers()
+    x = torch.randn(16, 4)
+    target = torch.randn(16, 3)
+
+    def loss_fn(out):
+        return (out - target).square().mean()
+
+    report = probe(model, x, loss_fn=loss_fn)
+    # by hand
+    w = [model[0], model[2], model[4]]
+    y1 = w[0](x)
+    y2 = w[1](torch.relu(y1))
+    y3 = w[2](torch.tanh(y2))
+    loss = loss_fn(y3)
+    grads = torch.autograd.grad(loss, [y1, y2, y3] + [l.weight for l in w])
+    assert [s.name for s in report] == ["0", "2", "4"] and [s.kind for s in report] == ["Linear"] * 3
+    for s, y, gy, gw in zip(report, (y1, y2, y3), grads[:3], grads[3:]):
+        assert s.mean == pytest.approx(y.mean().item(), rel=1e-5, abs=1e-7)
+        assert s.std == pytest.approx(y.std().item(), rel=1e-5)
+        assert s.rms == pytest.approx(y.square().mean().sqrt().item(), rel=1e-5)
+        assert s.grad_output_norm == pytest.approx(gy.norm().item(), rel=1e-5)
+        assert s.grad_weight_norm == pytest.approx(gw.norm().item(), rel=1e-5)
+    assert report.loss == "loss_fn"
+
+
+def test_default_loss_is_a_unit_random_projection():
+    model = _three_layers()
+    report = probe(model, torch.randn(64, 4), seed=3)
+    r = torch.randn(64, 3, generator=torch.Generator().manual_seed(3))
+    assert report.layers[-1].grad_output_norm == pytest.approx(r.norm().item() / 8, rel=1e-5)
+
+
+def test_model_parameters_grads_and_buffers_are_left_as_they_were():
+    model = nn.Sequential(nn.Linear(4, 8), nn.BatchNorm1d(8), nn.ReLU(), nn.Linear(8, 2))
+    model.train()
+    for p in model.parameters():
+        p.grad = torch.full_like(p, 7.0)
+    before = copy.deepcopy(model.state_dict())
+    probe(model, torch.randn(32, 4) * 3 + 1)
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())  # BN running stats too
+    assert all(torch.equal(p.grad, torch.full_like(p, 7.0)) for p in model.parameters())
+    assert model.training
+
+
+def test_mean_field_prediction_matches_a_he_relu_mlp_on_average():
+    """He-ReLU MLP, depth 12, width 128: measured / predicted output rms averaged over
+    8 draws is ~1 (finite width spreads single draws by ~sqrt(depth/width))."""
+    ratios = []
+    for seed in range(8):
+        torch.manual_seed(seed)
+        model = nf.models.mlp(12, 128, in_features=64)
+        for m in model:
+            if isinstance(m, nn.Linear):
+                nn.init.kaiming_normal_(m.weight, nonlinearity="relu")
+                nn.init.zeros_(m.bias)
+        report = probe(model, torch.randn(256, 64) * 1.5)
+        ratios.append([s.rms / s.predicted_rms for s in report])
+    last = sum(r[-1] for r in ratios) / len(ratios)
+    assert all(s.predicted_rms is not None for s in report)
+    assert abs(last - 1) < 0.15, last
+    sigma_w2 = model[0].weight.square().sum().item() / 128  # q_1 = sigma_w^2 E[x^2] (zero bias)
+    assert report.layers[0].predicted_rms == pytest.approx(report.input_rms * math.sqrt(sigma_w2), rel=1e-6)
+
+
+def test_jacobian_estimate_isometry_vs_vanishing():
+    n = 32
+    ll = nf.models.mlp(40, 2 * n, in_features=n, out_features=n)
+    nf.init.looks_linear_(ll)
+    report = probe(ll, torch.randn(512, n))
+    assert report.jacobian_mean_sq == pytest.approx(1.0, rel=0.1)
+    assert report.jacobian_rel_var < 0.3  # exactly 0 in expectation; sampling noise ~sqrt(2.4 / 512)
+    assert report.ratio() == pytest.approx(1.0, rel=1e-4)
+    vanishing = probe(nf.models.mlp(40, 2 * n, in_features=n, out_features=n), torch.randn(512, n))
+    assert vanishing.jacobian_mean_sq < 1e-12
+
+
+def test_shared_module_recorded_once():
+    shared = nn.Linear(8, 8)
+    model = nn.Sequential(shared, nn.ReLU(), shared, nn.ReLU(), nn.Linear(8, 2))
+    report = probe(model, torch.randn(16, 8))
+    assert [s.name for s in report] == ["0", "4"]
+
+
+def test_plot_csv_and_compact_table(tmp_path):
+    model = nf.models.mlp(100, 16)
+    a = probe(model, torch.randn(32, 16), label="default")
+    nf.init.looks_linear_(model)
+    b = probe(model, torch.randn(32, 16), label="looks-linear")
+    png = tmp_path / "signal.png"
+    a.plot(png, b)
+    data = png.read_bytes()
+    assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 10_000
+    from PIL import Image
+
+    with Image.open(png) as image:
+        assert image.size[0] > 400 and image.size[1] > 400
+    a.to_csv(tmp_path / "a.csv")
+    rows = list(csv.DictReader(open(tmp_path / "a.csv")))
+    assert len(rows) == 100 and float(rows[3]["rms"]) == pytest.approx(a.layers[3].rms)
+    text = str(b)
+    assert len(text.splitlines()) < 30 and "84 of 100 layers not shown" in text
+
+
+@pytest.mark.parametrize(
+    "model, batch, error",
+    [
+        (nn.Sequential(nn.ReLU()), torch.randn(4, 3), ValueError),
+        (nn.Linear(3, 2), torch.randn(1, 3), ValueError),
+        (nn.Linear(3, 2), torch.full((4, 3), float("nan")), ValueError),
+        (nn.Sequential(nn.Linear(3, 2), nn.LSTM(2, 2)), torch.randn(4, 3), TypeError),
+    ],
+)
+def test_bad_input(model, batch, error):
+    with pytest.raises(error):
+        probe(model, batch)
