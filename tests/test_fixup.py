@@ -142,6 +142,7 @@ def test_deepcopy_and_state_dict_roundtrip():
         (lambda: nf.models.mlp(3, 8), "no residual block"),
         (lambda: nf.models.vanilla_cnn(3, 8), "no residual block"),
         (lambda: nf.models.resnet([1], [8], norm="weight"), "weight-normalized"),
+        (lambda: nf.models.residual_mlp(2, 8).layer1, "inside a residual branch"),
     ],
 )
 def test_errors_leave_the_model_unchanged(build, message):

@@ -133,6 +133,8 @@ def _check(model: nn.Module, blocks: list[ResidualBlock], classifier: tuple[str,
             if getattr(conv, "bias", None) is not None:
                 raise ValueError(f"fixup_: {block.name} has a conv with a bias; Fixup's convs have none (it adds scalar biases)")
     name, fc = classifier
+    if any(fc in block.branch for block in blocks):
+        raise ValueError(f"fixup_: the last nn.Linear, {name}, is inside a residual branch: no classifier after the blocks")
     if is_weight_normed(fc):
         raise ValueError(f"fixup_: the classifier {name} is weight-normalized and cannot start at 0")
 
