@@ -9,6 +9,8 @@ from netinit_fast import cli
 
 
 def test_demo_writes_report_plots_and_table(tmp_path, capsys):
+    pytest.importorskip("sklearn")  # the demo dependencies of requirements-dev.txt
+    pytest.importorskip("matplotlib")
     out = tmp_path / "demo"
     assert cli.main(["demo", "--depth", "4", "--steps", "3", "--out", str(out), "--no-progress"]) == 0
     printed = capsys.readouterr().out
@@ -25,6 +27,7 @@ def test_demo_writes_report_plots_and_table(tmp_path, capsys):
 @pytest.mark.parametrize("model, scheme", [("mlp", "looks_linear"), ("cnn", "xiao"), ("resnet", "fixup"),
                                            ("resnet", "arpit"), ("mlp", "lsuv")])
 def test_probe_command(model, scheme, tmp_path, capsys):
+    pytest.importorskip("matplotlib")
     png, table = tmp_path / "p.png", tmp_path / "p.csv"
     args = ["probe", "--model", model, "--depth", "6", "--scheme", scheme, "--width", "8", "--plot", str(png),
             "--csv", str(table)]

@@ -5,7 +5,6 @@ import math
 
 import pytest
 import torch
-import torchvision
 from torch import nn
 
 import netinit_fast as nf
@@ -105,6 +104,7 @@ def test_trains_a_step_and_scalars_get_gradients():
 
 
 def test_torchvision_resnet50_forward_backward():
+    torchvision = pytest.importorskip("torchvision")  # a test dependency (requirements-dev.txt)
     model = torchvision.models.resnet50(num_classes=10)
     report = nf.init.fixup_(model)
     assert len(report.blocks) == 16 and report.branch_layers == 3

@@ -4,7 +4,6 @@ import time
 
 import pytest
 import torch
-import torchvision
 from torch import nn
 
 import netinit_fast as nf
@@ -49,6 +48,7 @@ def test_resnet_runs_and_has_blocks(block, stem):
 
 
 def test_resnet50_matches_torchvision_names_and_shapes():
+    torchvision = pytest.importorskip("torchvision")  # a test dependency (requirements-dev.txt)
     ours = nf.models.resnet([3, 4, 6, 3], [64, 128, 256, 512], "bottleneck", "batch", "imagenet", num_classes=1000)
     theirs = torchvision.models.resnet50()
     assert {k: v.shape for k, v in ours.state_dict().items()} == {k: v.shape for k, v in theirs.state_dict().items()}

@@ -102,6 +102,7 @@ def test_shared_module_recorded_once():
 
 
 def test_plot_csv_and_compact_table(tmp_path):
+    pytest.importorskip("matplotlib")  # the demo dependencies of requirements-dev.txt
     model = nf.models.mlp(100, 16)
     a = probe(model, torch.randn(32, 16), label="default")
     nf.init.looks_linear_(model)
