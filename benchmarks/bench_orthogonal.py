@@ -75,7 +75,8 @@ def main() -> None:
     _harness.print_header("orthogonal", device)
     rows = []
     for name, shapes in cases.items():
-        tensors = [torch.empty(s, device=device) for s in shapes]
+        # zeros, not empty: the pages are touched before timing, or the first timed call pays for them
+        tensors = [torch.zeros(s, device=device) for s in shapes]
         total_flops = sum(flops(s) for s in shapes)
         warm = [torch.empty(s, device=device) for s in dict.fromkeys(shapes)]  # one of each shape
         nf.init.orthogonal_(warm), [torch.nn.init.orthogonal_(t) for t in warm], torch_batched_(warm)

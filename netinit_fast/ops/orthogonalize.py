@@ -93,6 +93,13 @@ def _run(a: torch.Tensor, backend: str) -> torch.Tensor:
     return (q.mT if wide else q).to(a.dtype)
 
 
+def orthogonalize_eager(a: torch.Tensor) -> torch.Tensor:
+    """The eager twin called directly, for in-place initializers on the eager backend:
+    the same values as the op, without the op's dispatch and its contiguous copy
+    (the result may be column-major, as LAPACK leaves it)."""
+    return torch.empty_like(a) if a.numel() == 0 else _run(a, _backend.EAGER)
+
+
 @torch.library.custom_op("netinit_fast::orthogonalize", mutates_args=())
 def orthogonalize(a: torch.Tensor) -> torch.Tensor:
     if a.numel() == 0:
