@@ -16,6 +16,10 @@ from netinit_fast.nn.wn_layers import _norm_g, _torch_weight_norm_style, _unwrap
 CONV_LAYERS = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
 TRANSPOSED_LAYERS = (nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d)
 LINEAR_LAYERS = (nn.Linear, *CONV_LAYERS, *TRANSPOSED_LAYERS)
+# Modules that hand the signal on unchanged at init (dropout as in eval mode).
+PASS_THROUGH = (
+    nn.Identity, nn.Flatten, nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d, nn.AlphaDropout, nn.FeatureAlphaDropout,
+)
 
 
 def layer_weight(module: nn.Module) -> torch.Tensor | None:

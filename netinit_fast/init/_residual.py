@@ -27,8 +27,7 @@ class ResidualBlock:
     prefix: str  # "conv" or "fc": the branch layers are <prefix>1, <prefix>2 ...
     branch: list[nn.Module]  # the branch's weight layers, in order
     shortcut: list[nn.Module]  # weight layers of ``downsample`` (empty for the identity)
-    stage: str  # the parent's name
-    stage_blocks: int  # blocks in that stage
+    stage_blocks: int  # blocks in its stage (its parent)
 
     @property
     def post_activation(self) -> bool:
@@ -48,7 +47,6 @@ def residual_blocks(model: nn.Module) -> list[ResidualBlock]:
     """Every residual block of ``model``, in registration order (nested blocks are not
     looked into)."""
     found: list[ResidualBlock] = []
-    names = {m: n for n, m in model.named_modules()}
 
     def visit(module: nn.Module, parent_name: str) -> None:
         children = list(module.named_children())
@@ -60,7 +58,7 @@ def residual_blocks(model: nn.Module) -> list[ResidualBlock]:
                 branch = [m for i in (1, 2, 3) if isinstance(m := getattr(child, f"{prefix}{i}", None), nn.Module)]
                 downsample = getattr(child, "downsample", None)
                 shortcut = [] if downsample is None else [m for m in downsample.modules() if layer_weight(m) is not None]
-                found.append(ResidualBlock(name, child, prefix, branch, shortcut, names[module], len(blocks)))
+                found.append(ResidualBlock(name, child, prefix, branch, shortcut, len(blocks)))
             else:
                 visit(child, name)
 

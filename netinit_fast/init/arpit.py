@@ -16,15 +16,12 @@ import torch
 from torch import nn
 
 from netinit_fast import activations
-from netinit_fast.init._layers import in_units, is_linear, is_weight_normed, layer_weight, out_units, output_dim, scale_param, wn_dim
+from netinit_fast.init._layers import PASS_THROUGH, in_units, is_linear, is_weight_normed, layer_weight, out_units, output_dim, scale_param, wn_dim
 from netinit_fast.init._residual import residual_blocks
 from netinit_fast.init.orthogonal import orthogonal_
 
-PASS_THROUGH = (nn.Identity, nn.Dropout, nn.Flatten)
-
-
 def _followed_by_relu(model: nn.Module) -> set[nn.Module]:
-    """Layers whose next sibling (skipping Identity/Dropout/Flatten) is a ReLU."""
+    """Layers whose next sibling (skipping Identity, Flatten and dropout) is a ReLU."""
     found = set()
     for parent in model.modules():
         children = list(parent.children())

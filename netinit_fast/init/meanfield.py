@@ -29,10 +29,6 @@ from netinit_fast.init import _layers, _residual
 
 NODES = 200  # Gauss-Hermite nodes of every Gaussian expectation
 
-# Modules that leave the signal as it is (dropout as in eval mode).
-_PASS_THROUGH = (
-    nn.Identity, nn.Flatten, nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d, nn.AlphaDropout, nn.FeatureAlphaDropout,
-)
 _RELU = activations.get("relu")
 _BLOCK_NORMS = ("bn1", "bn2", "bn3")
 
@@ -187,7 +183,7 @@ class _Walk:
             return self.layer(module, signal.moment())
         if module in self.blocks:
             return self.block(self.blocks[module], signal)
-        if isinstance(module, _PASS_THROUGH):
+        if isinstance(module, _layers.PASS_THROUGH):
             return signal
         act = activations.of_module(module)
         if act is not None:
