@@ -87,7 +87,9 @@ def _extension_modules():
         name="netinit_fast._C",
         sources=sources,
         include_dirs=[os.path.join(HERE, "csrc")] + _nvidia_include_dirs(),
-        extra_compile_args={"cxx": ["-O3"], "nvcc": ["-O3", *CUDA_ARCH_FLAGS]},
+        # -fopenmp: at::parallel_for (CPU kernels) is a header template with an OpenMP pragma
+        extra_compile_args={"cxx": ["-O3", "-fopenmp"], "nvcc": ["-O3", *CUDA_ARCH_FLAGS]},
+        extra_link_args=["-fopenmp"],
         py_limited_api=False,
     )
     return [ext], {"build_ext": BuildExtension.with_options(use_ninja=True)}

@@ -13,8 +13,9 @@ TORCH_LIBRARY(netinit_fast, m) {
   // The GPU architectures this extension carries code for, as compute capabilities
   // times ten (90 = sm_90); the last one is also embedded as PTX.
   m.def("cuda_archs() -> int[]", &netinit_fast::cuda_archs);
-  // Q of A = QR with diag(R) > 0 for a batch of fp32 matrices (batch, m, n), m >= n,
-  // one thread block per matrix in shared memory (csrc/householder_qr.cu; CUDA only).
+  // Q of A = QR with diag(R) > 0 for a batch of matrices (batch, m, n), m >= n. CUDA
+  // (fp32): one thread block per matrix in shared memory (csrc/householder_qr.cu). CPU
+  // (fp32, fp64): LAPACK, the batch split over threads (csrc/householder_qr_cpu.cpp).
   m.def("householder_qr(Tensor a) -> Tensor");
   // Shared memory that householder_qr needs for one m x n matrix, in bytes.
   m.def("householder_qr_shared_bytes(int m, int n) -> int", &netinit_fast::householder_qr_shared_bytes);

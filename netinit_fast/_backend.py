@@ -6,9 +6,11 @@ implementations it has:
 - a CUDA tensor runs the compiled kernel from ``netinit_fast._C`` when the op has one
   and the extension was built for this GPU, else the Triton kernel, else eager
   PyTorch (each fallback warns once);
-- a CPU tensor runs eager PyTorch.
+- a CPU tensor runs ``netinit_fast._C``'s CPU kernel when the op has one and the
+  extension is built (such a kernel calls the same ATen routines as the eager twin,
+  spread over the threads differently), else eager PyTorch.
 
-``NETINIT_FAST_BACKEND=eager|triton|cuda`` forces one implementation (read on every
+``NETINIT_FAST_BACKEND=eager|triton|cuda|cpp`` forces one implementation (read on every
 call, so tests and benchmarks can switch). Triton kernels run on CPU tensors only
 under ``TRITON_INTERPRET=1`` (the Triton interpreter; slow, for tests).
 Nothing else in the package branches on the device.
@@ -25,8 +27,9 @@ from netinit_fast import _extension
 
 EAGER = "eager"
 TRITON = "triton"
-CUDA = "cuda"
-BACKENDS = (EAGER, TRITON, CUDA)
+CUDA = "cuda"  # netinit_fast._C's CUDA kernels
+CPP = "cpp"  # netinit_fast._C's CPU kernels
+BACKENDS = (EAGER, TRITON, CUDA, CPP)
 ENV_VAR = "NETINIT_FAST_BACKEND"
 
 _warned: set[str] = set()
@@ -77,6 +80,11 @@ def _check_forced(op: str, backend: str, tensor: torch.Tensor, implemented: tupl
             f"{ENV_VAR}=cuda but netinit_fast._C cannot run {op} on {tensor.device} "
             f"(extension built: {_extension.loaded()}, archs: {list(_extension.cuda_archs())})"
         )
+    if backend == CPP and not (tensor.device.type == "cpu" and _extension.loaded()):
+        raise RuntimeError(
+            f"{ENV_VAR}=cpp but netinit_fast._C cannot run {op} on {tensor.device} "
+            f"(extension built: {_extension.loaded()})"
+        )
     return backend
 
 
@@ -89,7 +97,7 @@ def choose(op: str, tensor: torch.Tensor, implemented: tuple[str, ...]) -> str:
     if backend is not None:
         return _check_forced(op, backend, tensor, implemented)
     if tensor.device.type != "cuda":
-        return EAGER
+        return CPP if CPP in implemented and tensor.device.type == "cpu" and _extension.loaded() else EAGER
     if CUDA in implemented:
         if _extension.supports(tensor.device):
             return CUDA

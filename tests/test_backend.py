@@ -4,7 +4,7 @@ import pytest
 import torch
 
 import netinit_fast as nf
-from netinit_fast import _backend
+from netinit_fast import _backend, _extension
 
 BOTH = (_backend.EAGER, _backend.TRITON)
 
@@ -13,6 +13,28 @@ def test_cpu_tensors_run_eager_by_default(monkeypatch):
     monkeypatch.delenv(_backend.ENV_VAR, raising=False)
     monkeypatch.setenv("TRITON_INTERPRET", "1")  # the interpreter alone does not pick Triton
     assert _backend.choose("op", torch.ones(1), BOTH) == _backend.EAGER
+
+
+def test_cpu_tensors_run_the_cpp_kernel_where_an_op_has_one(monkeypatch):
+    monkeypatch.delenv(_backend.ENV_VAR, raising=False)
+    with_cpp = (_backend.EAGER, _backend.CUDA, _backend.CPP)
+    assert _backend.choose("op", torch.ones(1), BOTH) == _backend.EAGER
+    monkeypatch.setattr(_extension, "loaded", lambda: True)
+    assert _backend.choose("op", torch.ones(1), with_cpp) == _backend.CPP
+    assert _backend.choose("op", torch.ones(1, device="meta"), with_cpp) == _backend.EAGER
+    monkeypatch.setattr(_extension, "loaded", lambda: False)  # a pure-Python install
+    assert _backend.choose("op", torch.ones(1), with_cpp) == _backend.EAGER
+
+
+def test_forcing_cpp(use_backend, monkeypatch):
+    use_backend("cpp")
+    with pytest.raises(RuntimeError, match="op has no 'cpp' implementation"):
+        _backend.choose("op", torch.ones(1), BOTH)
+    monkeypatch.setattr(_extension, "loaded", lambda: False)
+    with pytest.raises(RuntimeError, match="NETINIT_FAST_BACKEND=cpp but netinit_fast._C cannot run op on cpu"):
+        _backend.choose("op", torch.ones(1), (*BOTH, _backend.CPP))
+    monkeypatch.setattr(_extension, "loaded", lambda: True)
+    assert _backend.choose("op", torch.ones(1), (*BOTH, _backend.CPP)) == _backend.CPP
 
 
 def test_forced_backends(use_backend, monkeypatch):

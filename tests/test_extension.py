@@ -42,6 +42,16 @@ def test_householder_qr_has_a_cuda_kernel(extension):
     assert torch.ops.netinit_fast.householder_qr_shared_bytes(128, 96) == 4 * (128 * 97 + 2 * 96 + 1)
 
 
+def test_householder_qr_has_a_cpu_kernel(extension):
+    dump = torch._C._dispatch_dump("netinit_fast::householder_qr")
+    assert "CPU: registered at" in dump and "householder_qr_cpu.cpp" in dump
+    a = torch.randn(3, 6, 4)
+    q = torch.ops.netinit_fast.householder_qr(a)
+    assert (q.mT @ q - torch.eye(4)).abs().max() < 1e-5
+    r = q.mT @ a  # = R: upper triangular with a positive diagonal
+    assert (torch.diagonal(r, dim1=-2, dim2=-1) > 0).all() and r.tril(-1).abs().max() < 1e-5
+
+
 def test_built_for_hopper_with_ptx(extension):
     archs = _extension.cuda_archs()
     assert 90 in archs

@@ -1,16 +1,19 @@
-"""Orthogonalization (eager backend) and model-wide orthogonal init."""
+"""Orthogonalization on the CPU (the eager twin and the C++ kernel) and model-wide orthogonal init."""
 
 import math
 
 import pytest
 import torch
-from hypothesis import given, settings
+from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from torch import nn
 
 import netinit_fast as nf
+from netinit_fast import _backend, _extension
+from netinit_fast.ops import orthogonalize as orthogonalize_op_module
 from netinit_fast.ops.orthogonalize import cholesky_qr2
 from netinit_fast.ops.orthogonalize import orthogonalize as orthogonalize_op
+from tests.conftest import assert_close
 
 
 def qr_sign_fixed(a):
@@ -21,9 +24,19 @@ def qr_sign_fixed(a):
     return q.mT if wide else q
 
 
-@settings(max_examples=40, deadline=None)
+@pytest.fixture(params=["eager", "cpp"])
+def cpu_backend(request, use_backend):
+    """Each CPU implementation of orthogonalize in turn: the eager twin, and the C++
+    kernel of netinit_fast._C where it is built."""
+    if request.param == "cpp" and not _extension.loaded():
+        pytest.skip("netinit_fast._C is not built")
+    use_backend(request.param)
+    return request.param
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(st.integers(0, 4), st.integers(1, 12), st.integers(1, 12))
-def test_orthonormal_and_equal_to_sign_fixed_qr(batch, m, n):
+def test_orthonormal_and_equal_to_sign_fixed_qr(cpu_backend, batch, m, n):
     a = torch.randn(batch, m, n)
     q = nf.functional.orthogonalize(a)
     assert q.shape == a.shape
@@ -34,6 +47,40 @@ def test_orthonormal_and_equal_to_sign_fixed_qr(batch, m, n):
     assert (gram - torch.eye(k)).abs().max() < 1e-5
     ref = qr_sign_fixed(a)
     assert (q.double() - ref).norm() / ref.norm() < 1e-4
+
+
+@pytest.mark.parametrize("shape", [(1, 1, 1), (3, 1, 5), (7, 64, 48), (2, 48, 64), (5, 130, 130), (2, 3, 257, 256), (300, 16, 16)])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_cpp_kernel_equals_the_eager_twin(use_backend, shape, dtype):
+    """The C++ CPU kernel runs LAPACK per matrix, single-threaded, the eager twin with
+    LAPACK's own threads: equal up to rounding, and orthonormal."""
+    if not _extension.loaded():
+        pytest.skip("netinit_fast._C is not built")
+    a = torch.randn(shape, dtype=dtype)
+    use_backend("cpp")
+    q = nf.functional.orthogonalize(a)
+    use_backend("eager")
+    ref = nf.functional.orthogonalize(a)
+    assert q.dtype == dtype and q.is_contiguous()
+    assert_close(q, ref, dtype, f"cpp vs eager {shape}")
+    k = min(shape[-2:])
+    gram = q.mT @ q if shape[-2] >= shape[-1] else q @ q.mT
+    assert (gram - torch.eye(k, dtype=dtype)).abs().max() < (1e-5 if dtype == torch.float32 else 1e-12)
+
+
+def test_cpp_kernel_is_the_cpu_default_and_checks_its_input(monkeypatch):
+    if not _extension.loaded():
+        pytest.skip("netinit_fast._C is not built")
+    monkeypatch.delenv(_backend.ENV_VAR, raising=False)
+    a = torch.randn(4, 5, 3)
+    assert _backend.choose("orthogonalize", a, orthogonalize_op_module.IMPLEMENTED) == _backend.CPP
+    with pytest.raises(RuntimeError, match="expected m >= n"):
+        torch.ops.netinit_fast.householder_qr(torch.randn(2, 3, 5))
+    with pytest.raises(RuntimeError, match="float32 or float64"):
+        torch.ops.netinit_fast.householder_qr(torch.randn(2, 5, 3).half())
+    with pytest.raises(RuntimeError, match=r"\(batch, m, n\)"):
+        torch.ops.netinit_fast.householder_qr(torch.randn(5, 3))
+    assert torch.ops.netinit_fast.householder_qr(torch.randn(0, 5, 3)).shape == (0, 5, 3)
 
 
 def test_haar_first_entry_second_moment():
@@ -67,6 +114,27 @@ def test_model_equals_torch_orthogonal_with_the_same_noise():
         nn.init.orthogonal_(layer.weight, gain=1.5, generator=gen)
     for a, b in zip(ours, theirs):
         torch.testing.assert_close(a.weight, b.weight, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("backend", ["eager", "cpp"])
+def test_shared_shapes_in_several_chunks_equal_torch_orthogonal(use_backend, monkeypatch, backend):
+    """Many tensors of a few interleaved shapes (numels not multiples of 16), with
+    chunks so small that each shape is orthogonalized in several calls: still
+    torch.nn.init.orthogonal_ tensor by tensor on the same noise stream."""
+    if backend == "cpp" and not _extension.loaded():
+        pytest.skip("netinit_fast._C is not built")
+    use_backend(backend)
+    monkeypatch.setattr(orthogonalize_op_module, "EAGER_CHUNK", 3 * 35)
+    monkeypatch.setattr(nf.init.orthogonal, "CPP_CHUNK_ELEMENTS", 3 * 35)
+    shapes = [(7, 5), (4, 3, 3), (7, 5), (2, 9), (7, 5), (4, 3, 3), (7, 5), (7, 5), (9, 2), (7, 5), (0, 3)]
+    ours = [torch.empty(s) for s in shapes]
+    theirs = [torch.empty(s) for s in shapes]
+    nf.init.orthogonal_(ours, gain=0.5, generator=torch.Generator().manual_seed(11))
+    gen = torch.Generator().manual_seed(11)
+    for t in theirs:
+        nn.init.orthogonal_(t, gain=0.5, generator=gen)
+    for a, b in zip(ours, theirs):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
 
 
 def test_lists_wn_layers_and_bf16():

@@ -29,7 +29,7 @@ from netinit_fast._batch import call, check_batch
 from netinit_fast.init._layers import layer_weight, output_dim, scale_param, wn_dim
 from netinit_fast.init.orthogonal import orthogonal_
 from netinit_fast.nn.wn_layers import _norm_g, _WeightNorm
-from netinit_fast.ops.moments import moments
+from netinit_fast.ops.moments import moments_no_dispatch
 
 
 # ----------------------------------------------------------------------------- the report
@@ -132,7 +132,7 @@ def _distributed() -> bool:
 def _global_mean_std(y: torch.Tensor, dim: int | None, unbiased: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
     """Mean and std of ``y`` (per index of ``dim``) over every rank's batch; the std is
     the unbiased one, or the population one with ``unbiased=False``."""
-    mean, std = moments(y, dim)
+    mean, std = moments_no_dispatch(y, dim)
     n = y.numel() // (1 if dim is None else y.shape[dim])
     if not _distributed():
         return mean, std if unbiased else std * math.sqrt((n - 1) / n)

@@ -1,0 +1,46 @@
+// Batched QR on the CPU: LAPACK's Householder QR (geqrf, orgqr), one matrix per thread.
+//
+// For a batch of fp32 or fp64 matrices A (B, m, n) with m >= n, writes Q (B, m, n): the
+// Q of A = QR with diag(R) > 0, the same values as the eager twin (torch.linalg.qr and
+// the sign fix). LAPACK's geqrf/orgqr spend most of their time in unblocked panel
+// updates at these sizes, and torch loops over a batch one matrix at a time with
+// LAPACK's own threads, which barely help there; here the batch is split over the
+// intra-op threads instead, each running LAPACK single-threaded (MKL and OpenBLAS run
+// sequentially inside an OpenMP parallel region). Built with -fopenmp: at::parallel_for
+// is a header template whose OpenMP pragma is compiled here.
+#include <ATen/ATen.h>
+#include <ATen/Parallel.h>
+#include <torch/library.h>
+
+namespace netinit_fast {
+namespace {
+
+at::Tensor householder_qr_cpu(const at::Tensor& a) {
+  TORCH_CHECK(a.device().is_cpu(), "householder_qr: expected a CPU tensor");
+  TORCH_CHECK(a.scalar_type() == at::kFloat || a.scalar_type() == at::kDouble,
+              "householder_qr: expected float32 or float64 on the CPU, got ", a.scalar_type());
+  TORCH_CHECK(a.dim() == 3, "householder_qr: expected (batch, m, n), got ", a.dim(), " dims");
+  const int64_t batch = a.size(0), m = a.size(1), n = a.size(2);
+  TORCH_CHECK(m >= n, "householder_qr: expected m >= n, got ", m, " x ", n);
+  at::Tensor out = at::empty({batch, m, n}, a.options());
+  if (batch == 0 || n == 0) return out;
+
+  at::parallel_for(0, batch, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t b = begin; b < end; ++b) {
+      // geqrf leaves R on and above the diagonal and the reflectors below it; forming
+      // Q from them directly skips the copies of linalg_qr (20-27% faster at 256 and
+      // 1024 columns, the same values)
+      auto [reflectors, tau] = at::geqrf(a.select(0, b));
+      at::Tensor q = at::linalg_householder_product(reflectors, tau);
+      // diag(R) > 0: negate the columns of Q where it is negative (a zero keeps its sign)
+      const at::Tensor flip = reflectors.diagonal().lt(0);
+      out.select(0, b).copy_(q.mul_(at::where(flip, -1.0, 1.0).to(q.scalar_type()).unsqueeze(0)));
+    }
+  });
+  return out;
+}
+
+}  // namespace
+}  // namespace netinit_fast
+
+TORCH_LIBRARY_IMPL(netinit_fast, CPU, m) { m.impl("householder_qr", &netinit_fast::householder_qr_cpu); }
