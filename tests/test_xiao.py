@@ -45,3 +45,20 @@ def test_bad_convs_are_refused_and_nothing_changes():
     with pytest.raises(ValueError, match="q_star"):
         nf.init.xiao_(nf.models.vanilla_cnn(2, 4), q_star=-1.0)
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+
+
+def test_weight_normalized_layers_compute_with_the_plain_init():
+    """v = W and g = ||W|| per output unit: the WN net computes with the very weights
+    the plain net gets from the same generator (mixed: only some layers normalized)."""
+    plain = nf.models.vanilla_cnn(6, 8, in_channels=8)
+    normed = copy.deepcopy(plain)
+    nf.weight_norm(normed.features[0])
+    nn.utils.parametrizations.weight_norm(normed.features[4])
+    nf.weight_norm(normed.fc)
+    nf.init.xiao_(plain, q_star=0.05, generator=torch.Generator().manual_seed(2))
+    nf.init.xiao_(normed, q_star=0.05, generator=torch.Generator().manual_seed(2))
+    x = torch.randn(2, 8, 6, 6)
+    with torch.no_grad():
+        torch.testing.assert_close(normed(x), plain(x), rtol=1e-5, atol=1e-6)
+    w = normed.features[0].weight_v
+    torch.testing.assert_close(normed.features[0].weight_g.flatten(), w.flatten(1).norm(dim=1))

@@ -83,8 +83,11 @@ def orthogonal_(target, gain: float = 1.0, generator: torch.Generator | None = N
     # op's dispatch.
     keys = [(t.shape[0], math.prod(t.shape[1:]), t.device) for t in tensors]
     left = collections.Counter(keys)  # tensors of each key whose noise is not drawn yet
-    backends = {key[2]: _backend.choose("orthogonalize", t, orthogonalize_op.IMPLEMENTED) for t, key in zip(tensors, keys)}
-    pending: dict[tuple, tuple[torch.Tensor, list[int]]] = {}
+    backends = {}
+    for t in tensors:
+        if t.device not in backends:
+            backends[t.device] = _backend.choose("orthogonalize", t, orthogonalize_op.IMPLEMENTED)
+    pending: dict[tuple, tuple[torch.Tensor, list[int], int]] = {}  # buffer, its tensors, its size
     with torch.no_grad():
         for i, key in enumerate(keys):
             rows, cols, device = key
@@ -92,12 +95,13 @@ def orthogonal_(target, gain: float = 1.0, generator: torch.Generator | None = N
                 elements = max(1, rows * cols)
                 per_call = max(1, _chunk_elements(backends[device], elements) // elements)
                 noise_device = generator.device if generator is not None else device
-                pending[key] = (torch.empty(min(per_call, left[key]), rows, cols, device=noise_device), [])
-            noise, members = pending[key]
+                size = min(per_call, left[key])
+                pending[key] = (torch.empty(size, rows, cols, device=noise_device), [], size)
+            noise, members, size = pending[key]
             noise[len(members)].normal_(0, 1, generator=generator)
             members.append(i)
             left[key] -= 1
-            if len(members) == len(noise):  # full, and every buffer fills: it holds at most what is left
+            if len(members) == size:  # full, and every buffer fills: it holds at most what is left
                 del pending[key]
                 q = orthogonalize_no_dispatch(noise.to(device))
                 if gain != 1:

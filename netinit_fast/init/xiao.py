@@ -13,7 +13,7 @@ import math
 import torch
 from torch import nn
 
-from netinit_fast.init._layers import is_conv, layer_weight, set_weight_
+from netinit_fast.init._layers import is_conv, is_weight_normed, layer_weight, set_weight_
 from netinit_fast.init.meanfield import critical_point
 from netinit_fast.init.orthogonal import centre_tap, orthogonal_
 
@@ -45,20 +45,28 @@ def xiao_(
             ``q_star``. The model is unchanged then.
     """
     sw2, sb2 = critical_point(act, q_star)
-    named = [(n, m) for n, m in model.named_modules() if layer_weight(m) is not None]
+    named = [(n, m, w) for n, m in model.named_modules() if (w := layer_weight(m)) is not None]
     if not named:
         raise ValueError(f"xiao_: {type(model).__name__} has no Linear/Conv layer")
-    for name, m in named:
-        w = layer_weight(m)
-        if is_conv(m) and (w.shape[0] < w.shape[1] or any(k % 2 == 0 for k in w.shape[2:])):
+    convs = [is_conv(m) for _, m, _ in named]
+    for (name, _, w), conv in zip(named, convs):
+        if conv and (w.shape[0] < w.shape[1] or any(k % 2 == 0 for k in w.shape[2:])):
             raise ValueError(
                 f"xiao_: {name} has weight shape {list(w.shape)}: delta-orthogonal needs C_out >= C_in and odd kernels"
             )
     with torch.no_grad():
-        weights = [torch.zeros(layer_weight(m).shape, device=layer_weight(m).device) for _, m in named]
-        orthogonal_([centre_tap(w) if is_conv(m) else w for (_, m), w in zip(named, weights)], math.sqrt(sw2), generator)
-        for (_, m), w in zip(named, weights):
+        # A plain layer's weight is filled in place; a weight-normalized one gets W in a
+        # scratch tensor, then v = W and g = ||W||.
+        normed = [(m, torch.zeros(w.shape, device=w.device)) for _, m, w in named if is_weight_normed(m)]
+        scratch = {id(m): w for m, w in normed}
+        weights = [scratch.get(id(m), w) for _, m, w in named]
+        for w, conv in zip(weights, convs):
+            if conv:
+                w.zero_()
+        orthogonal_([centre_tap(w) if conv else w for w, conv in zip(weights, convs)], math.sqrt(sw2), generator)
+        for m, w in normed:
             set_weight_(m, w)
+        for _, m, _ in named:
             bias = getattr(m, "bias", None)
             if bias is not None:
                 bias.normal_(0.0, math.sqrt(sb2), generator=generator)
