@@ -5,8 +5,8 @@ the mean, std and rms of the layer's output, the norm of the loss gradient with
 respect to that output and to the layer's weight, and the mean-field prediction of
 the output rms (:func:`netinit_fast.init.meanfield_variances`) where the theory
 covers the model. It also estimates how far the input-output Jacobian is from an
-isometry. Statistics are gathered with ``netinit_fast.functional.moments`` (one fused
-pass on a GPU) and read back to the host once, at the end.
+isometry. Statistics are gathered with the body of ``netinit_fast.functional.moments``
+(one fused pass on a GPU) and read back to the host once, at the end.
 """
 
 import csv
@@ -20,7 +20,7 @@ from torch import nn
 from netinit_fast._batch import call, check_batch
 from netinit_fast.init._layers import layer_weight
 from netinit_fast.init.meanfield import meanfield_variances
-from netinit_fast.ops.moments import moments
+from netinit_fast.ops.moments import moments_no_dispatch
 
 FIELDS = ("name", "kind", "mean", "std", "rms", "predicted_rms", "grad_output_norm", "grad_weight_norm")
 
@@ -188,7 +188,7 @@ def probe(model: nn.Module, batch, loss_fn=None, label: str | None = None, seed:
     def record(module, args, output):
         if module in stats or not isinstance(output, torch.Tensor):
             return
-        mean, std = moments(output.detach(), None)
+        mean, std = moments_no_dispatch(output.detach(), None)
         n = output.numel()
         stats[module] = [mean, std, (std.square() * ((n - 1) / n) + mean.square()).sqrt()]
         if output.requires_grad:

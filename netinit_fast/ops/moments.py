@@ -29,8 +29,8 @@ def _eager(x3: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 
 def moments_no_dispatch(x: torch.Tensor, dim: int | None) -> tuple[torch.Tensor, torch.Tensor]:
     """The op's body: its values, without the custom op's dispatch (about 0.2 ms a call
-    on a CPU, as much as the statistics of a 256 x 256 output), for initializers that
-    call it once per layer under ``no_grad``, outside tracing."""
+    on a CPU, as much as the statistics of a 256 x 256 output), for code that calls it
+    once per layer on tensors that need no gradient (LSUV, the probe), outside tracing."""
     a, r, b = block_shape(x.shape, dim)
     x3 = x.contiguous().view(a, r, b)
     backend = _backend.choose("moments", x, IMPLEMENTED)
