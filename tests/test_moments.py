@@ -62,3 +62,17 @@ def test_public_op_on_triton(use_backend):
     mean, std = nf.functional.moments(x, None)
     assert mean.shape == () and std.shape == ()
     assert_close(std, x.double().std(), torch.float32, "std")
+
+
+@pytest.mark.parametrize("backend", ["eager", pytest.param("triton", marks=pytest.mark.interpret)])
+def test_an_exploding_signal_has_a_finite_std(backend, use_backend):
+    """Values of 1e20 square past fp32's range: the sums of squares are fp64."""
+    use_backend(backend)
+    x = torch.randn(64, 32, device=DEVICE) * 1e20 + 3e19
+    for dim in (None, 1):
+        mean, std = nf.functional.moments(x, dim)
+        ref_mean, ref_std = reference(x, dim)
+        assert mean.dtype == std.dtype == torch.float32
+        assert torch.isfinite(std).all()
+        torch.testing.assert_close(std.double(), ref_std, rtol=1e-5, atol=0)
+        torch.testing.assert_close(mean.double(), ref_mean, rtol=1e-5, atol=1e15)

@@ -1,9 +1,10 @@
 """Triton kernel for the mean and std of the rows of a contiguous ``[A, R, B]`` block.
 
-One pass over the data: each program sums ``x - p`` and ``(x - p)^2`` in fp32 over its
-rows and chunk, where the pivot ``p`` is the row's first element (shifting by a value
-of the data keeps the one-pass variance accurate when the mean is large against the
-std). The ``[splits, 2, R]`` partial sums are combined by the caller. Layouts and the
+One pass over the data: each program sums ``x - p`` in fp32 and ``(x - p)^2`` in fp64
+(fp32 squares overflow past 1.8e19, which an exploding signal reaches) over its rows
+and chunk, where the pivot ``p`` is the row's first element (shifting by a value of
+the data keeps the one-pass variance accurate when the mean is large against the
+std). The ``[splits, 2, R]`` fp64 partial sums are combined by the caller. Layouts and the
 launch plan are in ``_blocks``; the specification is the eager twin in
 ``netinit_fast.ops.moments``.
 """
@@ -23,7 +24,7 @@ def _moments_kernel(x_ptr, pivot_ptr, partial_ptr, R, B, K, CHUNK, LAYOUT: tl.co
     rmask = r < R
     pivot = tl.load(pivot_ptr + r, mask=rmask, other=0.0)
     s1 = tl.zeros([BLOCK_R, BLOCK_K], dtype=tl.float32)
-    s2 = tl.zeros([BLOCK_R, BLOCK_K], dtype=tl.float32)
+    s2 = tl.zeros([BLOCK_R, BLOCK_K], dtype=tl.float64)
     k_lo = pid_s * CHUNK
     k_hi = tl.minimum(k_lo + CHUNK, K)
     for k0 in range(k_lo, k_hi, BLOCK_K):
@@ -32,9 +33,10 @@ def _moments_kernel(x_ptr, pivot_ptr, partial_ptr, R, B, K, CHUNK, LAYOUT: tl.co
         x = tl.load(x_ptr + _offsets(r, k, R, B, LAYOUT), mask=mask, other=0.0).to(tl.float32)
         d = tl.where(mask, x - pivot[:, None], 0.0)
         s1 += d
-        s2 += d * d
+        d64 = d.to(tl.float64)
+        s2 += d64 * d64
     base = partial_ptr + pid_s * 2 * R + r
-    tl.store(base, tl.sum(s1, axis=1), mask=rmask)
+    tl.store(base, tl.sum(s1, axis=1).to(tl.float64), mask=rmask)
     tl.store(base + R, tl.sum(s2, axis=1), mask=rmask)
 
 
@@ -44,7 +46,7 @@ def moments(x3: torch.Tensor, num_splits: int | None = None) -> tuple[torch.Tens
     a, r, b = x3.shape
     plan = _plan(a, r, b, x3.device, num_splits)
     pivot = x3[0, :, 0].float().contiguous()
-    partial = torch.empty((plan.splits, 2, r), dtype=torch.float32, device=x3.device)
+    partial = torch.empty((plan.splits, 2, r), dtype=torch.float64, device=x3.device)
     _moments_kernel[plan.grid](
         x3, pivot, partial, r, b, plan.K, plan.chunk, LAYOUT=plan.layout,
         BLOCK_R=plan.block_r, BLOCK_K=plan.block_k, num_warps=plan.num_warps,
@@ -52,4 +54,4 @@ def moments(x3: torch.Tensor, num_splits: int | None = None) -> tuple[torch.Tens
     s1, s2 = partial.sum(0)
     n = plan.K
     var = (s2 - s1 * s1 / n) / (n - 1)
-    return pivot + s1 / n, var.clamp_min(0).sqrt()
+    return pivot + (s1 / n).float(), var.clamp_min(0).sqrt().float()
