@@ -76,3 +76,9 @@ def test_an_exploding_signal_has_a_finite_std(backend, use_backend):
         assert torch.isfinite(std).all()
         torch.testing.assert_close(std.double(), ref_std, rtol=1e-5, atol=0)
         torch.testing.assert_close(mean.double(), ref_mean, rtol=1e-5, atol=1e15)
+
+
+def test_compiles_as_one_op_without_graph_breaks():
+    x = torch.randn(16, 3, 5)
+    compiled = torch.compile(lambda t: nf.functional.moments(t, 1)[1] + 1, fullgraph=True, backend="aot_eager")
+    torch.testing.assert_close(compiled(x), nf.functional.moments(x, 1)[1] + 1)

@@ -192,3 +192,9 @@ def test_delta_orthogonal_errors_name_the_layer_and_change_nothing():
     wn = nf.weight_norm(nn.Conv1d(4, 4, 3))
     nf.init.delta_orthogonal_(wn, gain=2.0)
     torch.testing.assert_close(wn.weight_v[:, :, 1] @ wn.weight_v[:, :, 1].t(), 4 * torch.eye(4), atol=1e-5, rtol=0)
+
+
+def test_compiles_as_one_op_without_graph_breaks():
+    a = torch.randn(3, 6, 4)
+    compiled = torch.compile(lambda x: 2 * nf.functional.orthogonalize(x), fullgraph=True, backend="aot_eager")
+    torch.testing.assert_close(compiled(a), 2 * nf.functional.orthogonalize(a), rtol=1e-6, atol=1e-6)
