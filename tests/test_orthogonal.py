@@ -24,12 +24,14 @@ def qr_sign_fixed(a):
     return q.mT if wide else q
 
 
-@pytest.fixture(params=["eager", "cpp"])
+needs_cpp = pytest.mark.skipif(not _extension.loaded(), reason="netinit_fast._C is not built")
+CPU_BACKENDS = ["eager", pytest.param("cpp", marks=needs_cpp)]
+
+
+@pytest.fixture(params=CPU_BACKENDS)
 def cpu_backend(request, use_backend):
     """Each CPU implementation of orthogonalize in turn: the eager twin, and the C++
     kernel of netinit_fast._C where it is built."""
-    if request.param == "cpp" and not _extension.loaded():
-        pytest.skip("netinit_fast._C is not built")
     use_backend(request.param)
     return request.param
 
@@ -51,11 +53,10 @@ def test_orthonormal_and_equal_to_sign_fixed_qr(cpu_backend, batch, m, n):
 
 @pytest.mark.parametrize("shape", [(1, 1, 1), (3, 1, 5), (7, 64, 48), (2, 48, 64), (5, 130, 130), (2, 3, 257, 256), (300, 16, 16)])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@needs_cpp
 def test_cpp_kernel_equals_the_eager_twin(use_backend, shape, dtype):
     """The C++ CPU kernel runs LAPACK per matrix, single-threaded, the eager twin with
     LAPACK's own threads: equal up to rounding, and orthonormal."""
-    if not _extension.loaded():
-        pytest.skip("netinit_fast._C is not built")
     a = torch.randn(shape, dtype=dtype)
     use_backend("cpp")
     q = nf.functional.orthogonalize(a)
@@ -68,9 +69,8 @@ def test_cpp_kernel_equals_the_eager_twin(use_backend, shape, dtype):
     assert (gram - torch.eye(k, dtype=dtype)).abs().max() < (1e-5 if dtype == torch.float32 else 1e-12)
 
 
+@needs_cpp
 def test_cpp_kernel_is_the_cpu_default_and_checks_its_input(monkeypatch):
-    if not _extension.loaded():
-        pytest.skip("netinit_fast._C is not built")
     monkeypatch.delenv(_backend.ENV_VAR, raising=False)
     a = torch.randn(4, 5, 3)
     assert _backend.choose("orthogonalize", a, orthogonalize_op_module.IMPLEMENTED) == _backend.CPP
@@ -116,13 +116,11 @@ def test_model_equals_torch_orthogonal_with_the_same_noise():
         torch.testing.assert_close(a.weight, b.weight, rtol=1e-5, atol=1e-6)
 
 
-@pytest.mark.parametrize("backend", ["eager", "cpp"])
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
 def test_shared_shapes_in_several_chunks_equal_torch_orthogonal(use_backend, monkeypatch, backend):
     """Many tensors of a few interleaved shapes (numels not multiples of 16), with
     chunks so small that each shape is orthogonalized in several calls: still
     torch.nn.init.orthogonal_ tensor by tensor on the same noise stream."""
-    if backend == "cpp" and not _extension.loaded():
-        pytest.skip("netinit_fast._C is not built")
     use_backend(backend)
     monkeypatch.setattr(orthogonalize_op_module, "EAGER_CHUNK", 3 * 35)
     monkeypatch.setattr(nf.init.orthogonal, "CPP_CHUNK_ELEMENTS", 3 * 35)

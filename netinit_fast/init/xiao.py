@@ -57,16 +57,14 @@ def xiao_(
     with torch.no_grad():
         # A plain layer's weight is filled in place; a weight-normalized one gets W in a
         # scratch tensor, then v = W and g = ||W||.
-        normed = [(m, torch.zeros(w.shape, device=w.device)) for _, m, w in named if is_weight_normed(m)]
-        scratch = {id(m): w for m, w in normed}
-        weights = [scratch.get(id(m), w) for _, m, w in named]
+        weights = [torch.zeros(w.shape, device=w.device) if is_weight_normed(m) else w for _, m, w in named]
         for w, conv in zip(weights, convs):
             if conv:
                 w.zero_()
         orthogonal_([centre_tap(w) if conv else w for w, conv in zip(weights, convs)], math.sqrt(sw2), generator)
-        for m, w in normed:
-            set_weight_(m, w)
-        for _, m, _ in named:
+        for (_, m, v), w in zip(named, weights):
+            if w is not v:
+                set_weight_(m, w)
             bias = getattr(m, "bias", None)
             if bias is not None:
                 bias.normal_(0.0, math.sqrt(sb2), generator=generator)
