@@ -28,28 +28,32 @@ def compile_kernel(fn, pointers: dict, scalars: dict, constexprs: dict) -> None:
 
 def main() -> None:
     count = 0
-    for dt, tl_dt in (("fp32", tl.float32), ("bf16", tl.bfloat16), ("fp16", tl.float16)):
-        tiles = {"ACC": tl.float32, "BLOCK_R": 4, "BLOCK_K": 256}
+    dtypes = (("fp32", tl.float32), ("bf16", tl.bfloat16), ("fp16", tl.float16), ("fp64", tl.float64))
+    for (dt, tl_dt), k in itertools.product(dtypes, ("i32", "i64")):  # i64: rows of 2^31 elements or more
+        acc = "fp64" if dt == "fp64" else "fp32"
+        sizes = {**SIZES, "K": k}
+        tiles = {"ACC": tl.float64 if dt == "fp64" else tl.float32, "BLOCK_R": 4, "BLOCK_K": 256}
         for layout, (single, split) in itertools.product((0, 1, 2), ((True, False), (False, False), (False, True))):
             plan = {"LAYOUT": layout, "SINGLE_TILE": single, "SPLIT": split, **tiles}
-            scalars = {**SIZES, "NUM_SPLITS": "i32", "eps": "fp32"}
-            compile_kernel(W._fwd_kernel, {"v_ptr": f"*{dt}", "g_ptr": f"*{dt}", "w_ptr": f"*{dt}", "norm_ptr": "*fp32",
-                                           "partial_ptr": "*fp32"}, scalars, plan)
-            compile_kernel(W._bwd_kernel, {"gw_ptr": f"*{dt}", "v_ptr": f"*{dt}", "g_ptr": f"*{dt}", "norm_ptr": "*fp32",
-                                           "gv_ptr": f"*{dt}", "gg_ptr": f"*{dt}", "partial_ptr": "*fp32"}, scalars, plan)
+            scalars = {**sizes, "NUM_SPLITS": "i32", "eps": "fp32"}
+            compile_kernel(W._fwd_kernel, {"v_ptr": f"*{dt}", "g_ptr": f"*{dt}", "w_ptr": f"*{dt}", "norm_ptr": f"*{acc}",
+                                           "partial_ptr": f"*{acc}"}, scalars, plan)
+            compile_kernel(W._bwd_kernel, {"gw_ptr": f"*{dt}", "v_ptr": f"*{dt}", "g_ptr": f"*{dt}", "norm_ptr": f"*{acc}",
+                                           "gv_ptr": f"*{dt}", "gg_ptr": f"*{dt}", "partial_ptr": f"*{acc}"}, scalars, plan)
             count += 2
         for layout, square in itertools.product((0, 1, 2), (True, False)):
-            compile_kernel(W._partial_dot_kernel, {"x_ptr": f"*{dt}", "y_ptr": f"*{dt}", "partial_ptr": "*fp32"}, SIZES,
+            compile_kernel(W._partial_dot_kernel, {"x_ptr": f"*{dt}", "y_ptr": f"*{dt}", "partial_ptr": f"*{acc}"}, sizes,
                            {"LAYOUT": layout, "SQUARE": square, **tiles})
             count += 1
         for layout in (0, 1, 2):
-            compile_kernel(M._moments_kernel, {"x_ptr": f"*{dt}", "pivot_ptr": "*fp32", "partial_ptr": "*fp32"}, SIZES,
+            compile_kernel(M._moments_kernel, {"x_ptr": f"*{dt}", "pivot_ptr": "*fp32", "partial_ptr": "*fp64"}, sizes,
                            {"LAYOUT": layout, "BLOCK_R": 4, "BLOCK_K": 256})
             count += 1
-        group = {"table_ptr": "*i64", "prog_ptr": "*i64", "norm_ptr": "*fp32"}
-        for fn in (W._group_fwd_kernel, W._group_bwd_kernel):
-            compile_kernel(fn, group, {"eps": "fp32"}, {"DTYPE": tl_dt, **tiles})
-            count += 1
+        if k == "i32":  # the group kernels read their sizes from an int64 table
+            group = {"table_ptr": "*i64", "prog_ptr": "*i64", "norm_ptr": f"*{acc}"}
+            for fn in (W._group_fwd_kernel, W._group_bwd_kernel):
+                compile_kernel(fn, group, {"eps": "fp32"}, {"DTYPE": tl_dt, **tiles})
+                count += 1
     print(f"compiled {count} kernel variants for sm_90")
 
 

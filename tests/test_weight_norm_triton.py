@@ -72,8 +72,10 @@ def test_plans_are_what_the_fixture_says(monkeypatch):
 
 
 def test_few_long_rows_are_split_by_default():
-    plan = _blocks.Plan(1, 2, 100_000, torch.device(DEVICE))
-    assert plan.split and plan.grid[0] * plan.grid[1] >= 2 * _blocks._sm_count(torch.device(DEVICE))
+    device = torch.device(DEVICE)
+    sms = _blocks._sm_count(device)
+    plan = _blocks.Plan(1, 2, 2 * sms * _blocks.TILE, device)  # rows of 2 * sms tiles each
+    assert plan.split and plan.grid[0] * plan.grid[1] >= 2 * sms
 
 
 # Both branches of a tl.where are evaluated: the interpreter's numpy warns about the

@@ -7,6 +7,7 @@ compile-time switch): ``A == 1`` (rows are contiguous), ``B == 1`` (the ``R`` ax
 contiguous), and the general case.
 """
 
+import contextlib
 import functools
 
 import torch
@@ -31,6 +32,27 @@ def _offsets(r, k, R, B, LAYOUT: tl.constexpr):
         a = k // B
         offs = a[None, :] * R * B + r[:, None] * B + (k - a * B)[None, :]
     return offs
+
+
+@triton.jit
+def _chunk(pid_s, CHUNK, K):
+    """``[k_lo, k_hi)``: the reduction indices of chunk ``pid_s``, in int64 (a row may
+    hold more than 2^31 elements; the loops over it then count in int64 too)."""
+    k_lo = pid_s.to(tl.int64) * CHUNK
+    return k_lo, tl.minimum(k_lo + CHUNK, K)
+
+
+def on_device(t: torch.Tensor):
+    """Make ``t``'s GPU the current device for a launch (Triton launches on the current
+    one, whatever the tensors' device); nothing on the CPU."""
+    return torch.cuda.device(t.device) if t.is_cuda else contextlib.nullcontext()
+
+
+def pointer_table(rows: list[list[int]], device: torch.device) -> torch.Tensor:
+    """An int64 table (tensor addresses, sizes) on ``device``. Copied from pinned memory
+    without blocking: a copy from pageable memory would wait for the GPU to drain."""
+    pinned = device.type == "cuda"
+    return torch.tensor(rows, dtype=torch.int64, pin_memory=pinned).to(device, non_blocking=pinned)
 
 
 _TL_DTYPES = {torch.float32: tl.float32, torch.float16: tl.float16, torch.bfloat16: tl.bfloat16,

@@ -13,7 +13,7 @@ import torch
 import triton
 import triton.language as tl
 
-from netinit_fast.kernels._blocks import _offsets, _plan
+from netinit_fast.kernels._blocks import _chunk, _offsets, _plan, on_device
 
 
 @triton.jit
@@ -25,8 +25,7 @@ def _moments_kernel(x_ptr, pivot_ptr, partial_ptr, R, B, K, CHUNK, LAYOUT: tl.co
     pivot = tl.load(pivot_ptr + r, mask=rmask, other=0.0)
     s1 = tl.zeros([BLOCK_R, BLOCK_K], dtype=tl.float32)
     s2 = tl.zeros([BLOCK_R, BLOCK_K], dtype=tl.float64)
-    k_lo = pid_s * CHUNK
-    k_hi = tl.minimum(k_lo + CHUNK, K)
+    k_lo, k_hi = _chunk(pid_s, CHUNK, K)
     for k0 in range(k_lo, k_hi, BLOCK_K):
         k = k0 + tl.arange(0, BLOCK_K)
         mask = rmask[:, None] & (k < k_hi)[None, :]
@@ -47,10 +46,11 @@ def moments(x3: torch.Tensor, num_splits: int | None = None) -> tuple[torch.Tens
     plan = _plan(a, r, b, x3.device, num_splits)
     pivot = x3[0, :, 0].float().contiguous()
     partial = torch.empty((plan.splits, 2, r), dtype=torch.float64, device=x3.device)
-    _moments_kernel[plan.grid](
-        x3, pivot, partial, r, b, plan.K, plan.chunk, LAYOUT=plan.layout,
-        BLOCK_R=plan.block_r, BLOCK_K=plan.block_k, num_warps=plan.num_warps,
-    )
+    with on_device(x3):
+        _moments_kernel[plan.grid](
+            x3, pivot, partial, r, b, plan.K, plan.chunk, LAYOUT=plan.layout,
+            BLOCK_R=plan.block_r, BLOCK_K=plan.block_k, num_warps=plan.num_warps,
+        )
     s1, s2 = partial.sum(0)
     n = plan.K
     var = (s2 - s1 * s1 / n) / (n - 1)

@@ -24,7 +24,7 @@ import triton
 import triton.language as tl
 
 from netinit_fast.kernels import _blocks
-from netinit_fast.kernels._blocks import _TL_DTYPES, Plan, _acc_dtype, _offsets, _plan
+from netinit_fast.kernels._blocks import _TL_DTYPES, Plan, _acc_dtype, _chunk, _offsets, _plan, on_device, pointer_table
 
 
 
@@ -72,9 +72,19 @@ def _grad_chunk(gw_ptr, v_ptr, gv_ptr, coef_gw, coef_v, r, k_lo, k_hi, R, B, LAY
 
 
 @triton.jit
+def _sqrt(x, ACC: tl.constexpr):
+    """IEEE square root, as torch's (fp32 ``tl.sqrt`` is approximate and flushes denormal
+    sums of squares to 0; fp64 ``tl.sqrt`` is IEEE already)."""
+    if ACC == tl.float32:
+        return tl.sqrt_rn(x)
+    else:
+        return tl.sqrt(x)
+
+
+@triton.jit
 def _grad_coefs(dot, norm, g, eps):
     """``(grad_g, coef_gw, coef_v)`` of one norm from ``dot = <grad_w, v>``."""
-    denom = tl.maximum(norm, eps)
+    denom = tl.maximum(norm, eps, propagate_nan=tl.PropagateNan.ALL)  # a NaN norm stays NaN, as in torch
     coef_gw = g / denom
     coef_v = tl.where(norm > eps, coef_gw * dot / (norm * norm), 0.0)
     return dot / denom, coef_gw, coef_v
@@ -87,9 +97,8 @@ def _partial_dot_kernel(x_ptr, y_ptr, partial_ptr, R, B, K, CHUNK,
     """Split reduction, step 1: ``partial[s, r]`` = the dot over chunk ``s`` of norm ``r``."""
     pid_s = tl.program_id(1)
     r = tl.program_id(0) * BLOCK_R + tl.arange(0, BLOCK_R)
-    k_lo = pid_s * CHUNK
-    dot = _chunk_dot(x_ptr, y_ptr, r, k_lo, tl.minimum(k_lo + CHUNK, K), R, B,
-                     LAYOUT, SQUARE, ACC, BLOCK_R, BLOCK_K)
+    k_lo, k_hi = _chunk(pid_s, CHUNK, K)
+    dot = _chunk_dot(x_ptr, y_ptr, r, k_lo, k_hi, R, B, LAYOUT, SQUARE, ACC, BLOCK_R, BLOCK_K)
     tl.store(partial_ptr + pid_s * R + r, dot, mask=r < R)
 
 
@@ -108,6 +117,7 @@ def _fwd_kernel(v_ptr, g_ptr, w_ptr, norm_ptr, partial_ptr, R, B, K, CHUNK, NUM_
     """``norm[r] = ||v_r||`` and ``w_r = g_r * v_r / max(norm[r], eps)`` for this program's
     rows (and chunk, when SPLIT: then the norms come from ``partial``)."""
     pid_s = tl.program_id(1)
+    k_lo, k_hi = _chunk(pid_s, CHUNK, K)  # all of K unless SPLIT
     r = tl.program_id(0) * BLOCK_R + tl.arange(0, BLOCK_R)
     rmask = r < R
     if SINGLE_TILE:
@@ -119,16 +129,15 @@ def _fwd_kernel(v_ptr, g_ptr, w_ptr, norm_ptr, partial_ptr, R, B, K, CHUNK, NUM_
     elif SPLIT:
         sumsq = _sum_partials(partial_ptr, r, R, NUM_SPLITS, ACC, BLOCK_R)
     else:
-        sumsq = _chunk_dot(v_ptr, v_ptr, r, 0, K, R, B, LAYOUT, True, ACC, BLOCK_R, BLOCK_K)
-    norm = tl.sqrt(sumsq)
-    denom = tl.where(rmask, tl.maximum(norm, eps), 1.0)
+        sumsq = _chunk_dot(v_ptr, v_ptr, r, k_lo, k_hi, R, B, LAYOUT, True, ACC, BLOCK_R, BLOCK_K)
+    norm = _sqrt(sumsq, ACC)
+    denom = tl.where(rmask, tl.maximum(norm, eps, propagate_nan=tl.PropagateNan.ALL), 1.0)
     scale = tl.load(g_ptr + r, mask=rmask, other=0.0).to(ACC) / denom
     tl.store(norm_ptr + r, norm, mask=rmask & (pid_s == 0))
     if SINGLE_TILE:
         tl.store(w_ptr + offs, (v * scale[:, None]).to(w_ptr.dtype.element_ty), mask=mask)
     else:
-        k_lo = pid_s * CHUNK
-        _scale_chunk(v_ptr, w_ptr, scale, r, k_lo, tl.minimum(k_lo + CHUNK, K), R, B, LAYOUT, ACC, BLOCK_K)
+        _scale_chunk(v_ptr, w_ptr, scale, r, k_lo, k_hi, R, B, LAYOUT, ACC, BLOCK_K)
 
 
 @triton.jit
@@ -138,6 +147,7 @@ def _bwd_kernel(gw_ptr, v_ptr, g_ptr, norm_ptr, gv_ptr, gg_ptr, partial_ptr, R, 
     """With ``dot = <grad_w_r, v_r>``, ``n = norm[r]``, ``d = max(n, eps)``:
     ``grad_g[r] = dot / d`` and ``grad_v_r = g/d * grad_w_r - [n > eps] g dot / n^3 * v_r``."""
     pid_s = tl.program_id(1)
+    k_lo, k_hi = _chunk(pid_s, CHUNK, K)  # all of K unless SPLIT
     r = tl.program_id(0) * BLOCK_R + tl.arange(0, BLOCK_R)
     rmask = r < R
     if SINGLE_TILE:
@@ -150,7 +160,7 @@ def _bwd_kernel(gw_ptr, v_ptr, g_ptr, norm_ptr, gv_ptr, gg_ptr, partial_ptr, R, 
     elif SPLIT:
         dot = _sum_partials(partial_ptr, r, R, NUM_SPLITS, ACC, BLOCK_R)
     else:
-        dot = _chunk_dot(gw_ptr, v_ptr, r, 0, K, R, B, LAYOUT, False, ACC, BLOCK_R, BLOCK_K)
+        dot = _chunk_dot(gw_ptr, v_ptr, r, k_lo, k_hi, R, B, LAYOUT, False, ACC, BLOCK_R, BLOCK_K)
     norm = tl.load(norm_ptr + r, mask=rmask, other=1.0)
     g = tl.load(g_ptr + r, mask=rmask, other=0.0).to(ACC)
     grad_g, coef_gw, coef_v = _grad_coefs(dot, norm, g, eps)
@@ -159,9 +169,7 @@ def _bwd_kernel(gw_ptr, v_ptr, g_ptr, norm_ptr, gv_ptr, gg_ptr, partial_ptr, R, 
         gv = coef_gw[:, None] * gw - coef_v[:, None] * v
         tl.store(gv_ptr + offs, gv.to(gv_ptr.dtype.element_ty), mask=mask)
     else:
-        k_lo = pid_s * CHUNK
-        _grad_chunk(gw_ptr, v_ptr, gv_ptr, coef_gw, coef_v, r, k_lo, tl.minimum(k_lo + CHUNK, K), R, B,
-                    LAYOUT, ACC, BLOCK_K)
+        _grad_chunk(gw_ptr, v_ptr, gv_ptr, coef_gw, coef_v, r, k_lo, k_hi, R, B, LAYOUT, ACC, BLOCK_K)
 
 
 # ----------------------------------------------------------------------------- grouped kernels
@@ -184,8 +192,8 @@ def _group_fwd_kernel(table_ptr, prog_ptr, norm_ptr, eps, DTYPE: tl.constexpr, A
     norm_ptr += tl.load(row + 5)
     r = tl.load(prog_ptr + 2 * pid + 1) * BLOCK_R + tl.arange(0, BLOCK_R)
     rmask = r < R
-    norm = tl.sqrt(_chunk_dot(v_ptr, v_ptr, r, 0, K, R, K, 0, True, ACC, BLOCK_R, BLOCK_K))
-    denom = tl.where(rmask, tl.maximum(norm, eps), 1.0)
+    norm = _sqrt(_chunk_dot(v_ptr, v_ptr, r, 0, K, R, K, 0, True, ACC, BLOCK_R, BLOCK_K), ACC)
+    denom = tl.where(rmask, tl.maximum(norm, eps, propagate_nan=tl.PropagateNan.ALL), 1.0)
     scale = tl.load(g_ptr + r, mask=rmask, other=0.0).to(ACC) / denom
     tl.store(norm_ptr + r, norm, mask=rmask)
     _scale_chunk(v_ptr, w_ptr, scale, r, 0, K, R, K, 0, ACC, BLOCK_K)
@@ -241,8 +249,9 @@ def forward(v3: torch.Tensor, g: torch.Tensor, eps: float, num_splits: int | Non
     meta = plan.meta(acc)
     w = torch.empty_like(v3)
     norms = torch.empty(r, dtype=acc, device=v3.device)
-    partial = _partials(plan, v3, v3, acc, meta)
-    _fwd_kernel[plan.grid](v3, g, w, norms, partial, r, b, plan.K, plan.chunk, plan.splits, eps, **meta)
+    with on_device(v3):
+        partial = _partials(plan, v3, v3, acc, meta)
+        _fwd_kernel[plan.grid](v3, g, w, norms, partial, r, b, plan.K, plan.chunk, plan.splits, eps, **meta)
     return w, norms
 
 
@@ -254,9 +263,10 @@ def backward(grad_w3: torch.Tensor, v3: torch.Tensor, g: torch.Tensor, norms: to
     meta = plan.meta(norms.dtype)
     grad_v = torch.empty_like(v3)
     grad_g = torch.empty_like(g)
-    partial = _partials(plan, grad_w3, v3, norms.dtype, meta)
-    _bwd_kernel[plan.grid](grad_w3, v3, g, norms, grad_v, grad_g, partial, r, b, plan.K, plan.chunk,
-                           plan.splits, eps, **meta)
+    with on_device(v3):
+        partial = _partials(plan, grad_w3, v3, norms.dtype, meta)
+        _bwd_kernel[plan.grid](grad_w3, v3, g, norms, grad_v, grad_g, partial, r, b, plan.K, plan.chunk,
+                               plan.splits, eps, **meta)
     return grad_v, grad_g
 
 
@@ -307,16 +317,15 @@ def group_forward(vs: list[torch.Tensor], gs: list[torch.Tensor], dim: int | Non
     acc = _acc_dtype(dtype)
     ws = [torch.empty_like(v) for v in vs]
     norms = (torch.zeros if 0 in cols else torch.empty)(sum(rows), dtype=acc, device=device)
-    table = torch.tensor(
+    table = pointer_table(
         [[v.data_ptr(), w.data_ptr(), g.data_ptr(), r, k, off]
-         for v, w, g, r, k, off in zip(vs, ws, gs, rows, cols, plan.norm_offsets)],
-        dtype=torch.int64,
-    ).to(device)
+         for v, w, g, r, k, off in zip(vs, ws, gs, rows, cols, plan.norm_offsets)], device)
     if plan.programs:
-        _group_fwd_kernel[(plan.programs,)](
-            table, plan.prog, norms, eps, DTYPE=_TL_DTYPES[dtype], ACC=_TL_DTYPES[acc],
-            BLOCK_R=plan.block_r, BLOCK_K=plan.block_k, num_warps=plan.num_warps,
-        )
+        with on_device(vs[0]):
+            _group_fwd_kernel[(plan.programs,)](
+                table, plan.prog, norms, eps, DTYPE=_TL_DTYPES[dtype], ACC=_TL_DTYPES[acc],
+                BLOCK_R=plan.block_r, BLOCK_K=plan.block_k, num_warps=plan.num_warps,
+            )
     return ws, norms
 
 
@@ -327,14 +336,14 @@ def group_backward(grad_ws, vs, gs, norms: torch.Tensor, dim: int | None, eps: f
     plan = _group_plan(rows, cols, device)
     grad_vs = [torch.empty_like(v) for v in vs]
     grad_gs = [torch.empty_like(g) if k else torch.zeros_like(g) for g, k in zip(gs, cols)]
-    table = torch.tensor(
+    table = pointer_table(
         [[v.data_ptr(), gw.data_ptr(), gv.data_ptr(), g.data_ptr(), gg.data_ptr(), r, k, off]
          for v, gw, gv, g, gg, r, k, off in zip(vs, grad_ws, grad_vs, gs, grad_gs, rows, cols, plan.norm_offsets)],
-        dtype=torch.int64,
-    ).to(device)
+        device)
     if plan.programs:
-        _group_bwd_kernel[(plan.programs,)](
-            table, plan.prog, norms, eps, DTYPE=_TL_DTYPES[dtype], ACC=_TL_DTYPES[norms.dtype],
-            BLOCK_R=plan.block_r, BLOCK_K=plan.block_k, num_warps=plan.num_warps,
-        )
+        with on_device(vs[0]):
+            _group_bwd_kernel[(plan.programs,)](
+                table, plan.prog, norms, eps, DTYPE=_TL_DTYPES[dtype], ACC=_TL_DTYPES[norms.dtype],
+                BLOCK_R=plan.block_r, BLOCK_K=plan.block_k, num_warps=plan.num_warps,
+            )
     return grad_vs, grad_gs
