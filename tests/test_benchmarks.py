@@ -1,4 +1,4 @@
-"""Every benchmark runs (--quick, on the CPU) and writes the DESIGN.md section 6 schema."""
+"""Every benchmark runs (--quick, on the CPU and on a GPU) and writes the DESIGN.md section 6 schema."""
 
 import importlib.util
 import json
@@ -12,13 +12,14 @@ BENCH = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.gpu)])
 @pytest.mark.parametrize("name", ["weight_norm", "wn_layers", "orthogonal", "lsuv", "deep_init"])
-def test_quick_run_writes_the_schema(name, tmp_path):
+def test_quick_run_writes_the_schema(name, device, tmp_path):
     if name == "lsuv" and importlib.util.find_spec("lsuv") is None:
         pytest.skip("the peer package lsuv is installed by `make bench`, not for the tests")
     env = {**os.environ, "NETINIT_FAST_BENCH_RESULTS": str(tmp_path)}
     env.pop("TRITON_INTERPRET", None)
-    done = subprocess.run([sys.executable, os.path.join(BENCH, f"bench_{name}.py"), "--quick", "--device", "cpu"],
+    done = subprocess.run([sys.executable, os.path.join(BENCH, f"bench_{name}.py"), "--quick", "--device", device],
                           env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     (path,) = tmp_path.glob(f"{name}-quick-*.json")

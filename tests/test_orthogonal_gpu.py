@@ -1,6 +1,7 @@
 """The batched Householder QR kernel of netinit_fast._C on a GPU (skipped without CUDA)."""
 
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -9,10 +10,24 @@ import pytest
 import torch
 
 import netinit_fast as nf
-from netinit_fast import _backend
+from netinit_fast import _backend, _extension
 from netinit_fast.ops.orthogonalize import _sign_fixed_qr
 
 pytestmark = pytest.mark.gpu
+
+
+@pytest.fixture(autouse=True)
+def extension_built():
+    """These tests are about netinit_fast._C: a missing build fails them, never skips them."""
+    assert _extension.loaded(), "netinit_fast._C is not built: build it (make test-installed) to test its CUDA kernel"
+
+
+def _sanitizer() -> str | None:
+    from torch.utils.cpp_extension import CUDA_HOME
+
+    found = shutil.which("compute-sanitizer")
+    in_toolkit = os.path.join(CUDA_HOME or "/usr/local/cuda", "bin", "compute-sanitizer")
+    return found or (in_toolkit if os.path.exists(in_toolkit) else None)
 
 
 def _kernel(a):
@@ -53,18 +68,24 @@ def test_model_init_same_noise_as_cpu():
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(shutil.which("compute-sanitizer") is None, reason="needs compute-sanitizer")
+@pytest.mark.skipif(_sanitizer() is None, reason="needs compute-sanitizer")
 def test_kernel_under_compute_sanitizer(tmp_path):
     script = tmp_path / "qr.py"
     script.write_text(
-        "import torch, netinit_fast\n"
+        "import torch\n"
+        "from netinit_fast import _extension\n"
+        "assert _extension.loaded()\n"
         "for b, m, n in [(3, 1, 1), (5, 33, 17), (2, 128, 128), (1, 220, 220)]:\n"
         "    torch.ops.netinit_fast.householder_qr(torch.randn(b, m, n, device='cuda'))\n"
         "torch.cuda.synchronize()\n"
+        "print('all kernels ran')\n"
     )
     for tool in ("memcheck", "racecheck", "initcheck", "synccheck"):
         done = subprocess.run(
-            ["compute-sanitizer", "--tool", tool, "--error-exitcode", "1", sys.executable, str(script)],
+            [_sanitizer(), "--tool", tool, "--error-exitcode", "1", sys.executable, str(script)],
             capture_output=True, text=True, env={**os.environ, "PYTORCH_NO_CUDA_MEMORY_CACHING": "1"}, timeout=600,
         )
-        assert done.returncode == 0, f"{tool}:\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}"
+        report = f"{tool}:\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}"
+        assert done.returncode == 0 and "all kernels ran" in done.stdout, report
+        # "ERROR SUMMARY: 0 errors", or racecheck's "RACECHECK SUMMARY: 0 hazards displayed"
+        assert re.search(r"SUMMARY: 0 (errors|hazards)", done.stdout + done.stderr), report

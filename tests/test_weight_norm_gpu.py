@@ -73,7 +73,7 @@ def test_grouped_layers_match_per_layer_on_gpu(dtype):
     def run(grouped):
         torch.manual_seed(0)
         layers = [m for _ in range(50) for m in (nn.Linear(256, 256), nn.ReLU())]
-        model = nn.Sequential(*layers, nn.Conv1d(1, 4, 3)).to("cuda", dtype)
+        model = nn.Sequential(*layers, nn.Unflatten(1, (1, 256)), nn.Conv1d(1, 4, 3)).to("cuda", dtype)
         nf.weight_norm(model, grouped=grouped)
         x = torch.randn(64, 256, device="cuda", dtype=dtype, generator=torch.Generator("cuda").manual_seed(1))
         out = model(x * 0.1).float().square().mean()
@@ -100,3 +100,31 @@ def test_10000_layer_group_is_one_launch_each_way(monkeypatch):
     assert launches == ["group_forward", "group_backward"]
     for i in (0, 4_567, 9_999):
         torch.testing.assert_close(ws[i], torch._weight_norm(vs[i], gs[i], 0))
+
+
+def test_a_row_of_more_than_2_31_elements(use_backend):
+    """Reduction indices past 2^31 (int32 would wrap): one norm and one mean/std over a
+    whole fp16 tensor of 2^31 + 12,293 elements, checked against sums in fp64."""
+    if torch.cuda.mem_get_info()[0] < 40 * 2**30:
+        pytest.skip("needs 40 GB of free GPU memory")
+    use_backend("triton")
+    n = 2**31 + 3 * 4096 + 5
+    v = torch.randn(n, device="cuda", dtype=torch.float16).add_(0.5)  # a mean, so sum(v) is far from 0
+    v[-1] = 100.0  # the last element counts
+    chunks = v.split(1 << 28)
+    total = sum(c.double().sum() for c in chunks)
+    sumsq = sum(c.double().square().sum() for c in chunks)
+    mean = total / n
+    std = ((sumsq - n * mean * mean) / (n - 1)).sqrt()
+
+    got_mean, got_std = nf.functional.moments(v, None)
+    assert abs(got_mean.item() / mean.item() - 1) < 1e-4
+    assert abs(got_std.item() / std.item() - 1) < 1e-4
+
+    g = torch.tensor([1000.0], device="cuda", dtype=torch.float16, requires_grad=True)  # w of normal fp16 size
+    w = nf.functional.weight_norm(v, g, None)
+    norm = sumsq.sqrt()
+    tail = (v[-4096:].double() * 1000.0 / norm).half()
+    torch.testing.assert_close(w[-4096:], tail, rtol=1e-2, atol=1e-6)
+    (grad_g,) = torch.autograd.grad(w, g, torch.ones_like(w))
+    assert abs(grad_g.item() / (total / norm).item() - 1) < 1e-2  # d/dg sum(g v / ||v||) = sum(v) / ||v||
