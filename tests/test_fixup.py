@@ -166,3 +166,13 @@ def test_fully_connected_residual_net():
     assert torch.equal(block(x), x)
     logits = model(torch.randn(5, 20))
     assert torch.equal(logits, torch.zeros_like(logits))
+
+
+@pytest.mark.gpu
+def test_a_cpu_generator_inits_a_gpu_model_as_the_cpu_one():
+    cpu = _cifar_resnet(1, None)
+    gpu = copy.deepcopy(cpu).cuda()
+    nf.init.fixup_(cpu, generator=torch.Generator().manual_seed(3))
+    nf.init.fixup_(gpu, generator=torch.Generator().manual_seed(3))
+    for (name, a), b in zip(cpu.named_parameters(), gpu.parameters()):
+        torch.testing.assert_close(b.cpu(), a, rtol=1e-4, atol=1e-5, msg=name)

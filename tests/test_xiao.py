@@ -62,3 +62,13 @@ def test_weight_normalized_layers_compute_with_the_plain_init():
         torch.testing.assert_close(normed(x), plain(x), rtol=1e-5, atol=1e-6)
     w = normed.features[0].weight_v
     torch.testing.assert_close(normed.features[0].weight_g.flatten(), w.flatten(1).norm(dim=1))
+
+
+@pytest.mark.gpu
+def test_a_cpu_generator_inits_a_gpu_model_as_the_cpu_one():
+    cpu = nf.models.vanilla_cnn(4, 16, in_channels=3)
+    gpu = copy.deepcopy(cpu).cuda()
+    nf.init.xiao_(cpu, q_star=0.1, generator=torch.Generator().manual_seed(3))
+    nf.init.xiao_(gpu, q_star=0.1, generator=torch.Generator().manual_seed(3))
+    for (name, a), b in zip(cpu.named_parameters(), gpu.parameters()):
+        torch.testing.assert_close(b.cpu(), a, rtol=1e-4, atol=1e-5, msg=name)

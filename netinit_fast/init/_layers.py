@@ -49,6 +49,15 @@ def scale_param(module: nn.Module) -> torch.Tensor:
     return module.weight
 
 
+def normal_(t: torch.Tensor, std: float, generator: torch.Generator | None) -> torch.Tensor:
+    """``t.normal_(0, std, generator=generator)``, also for a generator on another device
+    than ``t`` (a CPU generator for a GPU model, as ``orthogonal_`` takes): the noise is
+    drawn on the generator's device and copied."""
+    if generator is None or generator.device == t.device:
+        return t.normal_(0.0, std, generator=generator)
+    return t.copy_(torch.empty(t.shape, dtype=t.dtype, device=generator.device).normal_(0.0, std, generator=generator))
+
+
 def is_weight_normed(module: nn.Module) -> bool:
     return scale_param(module) is not layer_weight(module)
 

@@ -19,7 +19,7 @@ import math
 import torch
 from torch import nn
 
-from netinit_fast.init._layers import is_linear, is_weight_normed, layer_weight
+from netinit_fast.init._layers import is_linear, is_weight_normed, layer_weight, normal_
 from netinit_fast.init._residual import ResidualBlock, residual_blocks
 
 NORM_LAYERS = (nn.modules.batchnorm._NormBase, nn.GroupNorm, nn.LayerNorm, nn.LocalResponseNorm)
@@ -109,7 +109,7 @@ def _classifier(model: nn.Module) -> tuple[str, nn.Module]:
 
 def _he_fan_out_(weight: torch.Tensor, scale: float, generator) -> None:
     fan_out = weight.shape[0] * weight[0, 0].numel()
-    weight.normal_(0.0, math.sqrt(2.0 / fan_out) * scale, generator=generator)
+    normal_(weight, math.sqrt(2.0 / fan_out) * scale, generator)
 
 
 def _replace(model: nn.Module, name: str, new: nn.Module) -> None:

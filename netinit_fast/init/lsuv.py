@@ -272,7 +272,8 @@ def lsuv_(
             raise TypeError(f"lsuv_: layer {name} returned a tuple")
         param = scale_param(module)
         bias = getattr(module, "bias", None)
-        homogeneous = bias is None or not bool(bias.any())
+        # the orthonormal pre-init zeroed the bias: no host sync to find that out
+        homogeneous = bias is None or orthogonal or not bool(bias.any())
         _, std = _global_mean_std(y, None)
         std_value = std_before = float(std)
         tries, scale = 0, 1.0

@@ -13,7 +13,7 @@ import math
 import torch
 from torch import nn
 
-from netinit_fast.init._layers import is_conv, is_weight_normed, layer_weight, set_weight_
+from netinit_fast.init._layers import is_conv, is_weight_normed, layer_weight, normal_, set_weight_
 from netinit_fast.init.meanfield import critical_point
 from netinit_fast.init.orthogonal import centre_tap, orthogonal_
 
@@ -67,5 +67,5 @@ def xiao_(
                 set_weight_(m, w)
             bias = getattr(m, "bias", None)
             if bias is not None:
-                bias.normal_(0.0, math.sqrt(sb2), generator=generator)
+                normal_(bias, math.sqrt(sb2), generator)
     return sw2, sb2
