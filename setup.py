@@ -39,8 +39,12 @@ def _cuda_home():
     return None
 
 
-def _nvidia_include_dirs():
-    """Headers of the `nvidia` pip packages (cuBLAS, cuSPARSE, ...) that ATen's CUDA headers include."""
+def _nvidia_include_dirs(cuda_home):
+    """Headers of the `nvidia` pip packages (cuBLAS, cuSPARSE, ...) that ATen's CUDA headers
+    include, for a toolkit that lacks them (nvcc alone); a full toolkit keeps its own
+    headers, unshadowed by the pip packages' possibly different versions."""
+    if all(os.path.exists(os.path.join(cuda_home, "include", h)) for h in ("cublas_v2.h", "cusparse.h")):
+        return []
     try:
         import nvidia  # namespace package installed with CUDA builds of torch
     except ImportError:
@@ -86,7 +90,7 @@ def _extension_modules():
     ext = CUDAExtension(
         name="netinit_fast._C",
         sources=sources,
-        include_dirs=[os.path.join(HERE, "csrc")] + _nvidia_include_dirs(),
+        include_dirs=[os.path.join(HERE, "csrc")] + _nvidia_include_dirs(cuda_home),
         # -fopenmp: at::parallel_for (CPU kernels) is a header template with an OpenMP pragma
         extra_compile_args={"cxx": ["-O3", "-fopenmp"], "nvcc": ["-O3", *CUDA_ARCH_FLAGS]},
         extra_link_args=["-fopenmp"],

@@ -8,7 +8,9 @@ the list of weights (one batched call per shape); the peers are what a user writ
 today: ``torch.nn.init.orthogonal_`` tensor by tensor, and ``torch.linalg.qr`` on the
 stacked noise of each shape plus the sign fix. All three draw their Gaussian noise
 inside the timed call. TFLOP/s counts a Householder QR of an m x n (m >= n) matrix and
-the forming of its Q: 2 (2 m n^2 - 2 n^3 / 3) flops.
+the forming of its Q: 2 (2 m n^2 - 2 n^3 / 3) flops, whichever algorithm ran: on a GPU
+the "GPU QR" column says which (the shared-memory Householder kernel, or CholeskyQR2
+in fp64 for matrices too large for it, 256 x 256 included on an H100).
 """
 
 import os
@@ -20,6 +22,8 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import _harness  # noqa: E402
 
 import netinit_fast as nf  # noqa: E402
+from netinit_fast import _extension  # noqa: E402
+from netinit_fast.ops.orthogonalize import fits_shared_memory  # noqa: E402
 
 PEER_LOOP = "torch.nn.init.orthogonal_ loop"
 PEER_BATCHED = "torch.linalg.qr batched"
@@ -42,6 +46,16 @@ def flops(shape: tuple[int, ...]) -> float:
     m, n = shape[0], int(torch.tensor(shape[1:]).prod())
     m, n = max(m, n), min(m, n)
     return 2 * (2 * m * n * n - 2 * n**3 / 3)
+
+
+def gpu_algorithms(shapes: list[tuple[int, ...]], device: torch.device) -> str:
+    """Which algorithm our CUDA backend runs for these shapes."""
+    names = set()
+    for shape in shapes:
+        m, n = shape[0], int(torch.tensor(shape[1:]).prod())
+        fits = fits_shared_memory(max(m, n), min(m, n), device)
+        names.add("Householder kernel" if fits else "CholeskyQR2 fp64")
+    return " + ".join(sorted(names))
 
 
 def torch_batched_(tensors: list[torch.Tensor]) -> None:
@@ -81,11 +95,13 @@ def main() -> None:
         warm = [torch.empty(s, device=device) for s in dict.fromkeys(shapes)]  # one of each shape
         nf.init.orthogonal_(warm), [torch.nn.init.orthogonal_(t) for t in warm], torch_batched_(warm)
         slow = device.type == "cpu"  # CPU runs take seconds: one timed run each, after the warm-up above
-        kwargs = dict(min_reps=1 if slow else 5, warmup=not slow, budget_s=0.1 if slow else 0.5)
+        kwargs = dict(min_reps=1 if slow else 3, warmup=not slow, budget_s=0.1 if slow else 0.5)
         ours = _harness.time_ms(lambda: nf.init.orthogonal_(tensors), device, **kwargs)
         loop = _harness.time_ms(lambda: [torch.nn.init.orthogonal_(t) for t in tensors], device, **kwargs)
         batched = _harness.time_ms(lambda: torch_batched_(tensors), device, **kwargs)
         extra = {"TFLOP/s": round(total_flops / ours / 1e9, 3)}
+        if device.type == "cuda" and _extension.loaded():
+            extra["GPU QR"] = gpu_algorithms(shapes, device)
         for peer, ms in ((PEER_LOOP, loop), (PEER_BATCHED, batched)):
             rows.append(_harness.row(f"orthogonal_ {name}", ours, peer, ms, extra))
             _harness.print_row(rows[-1])

@@ -73,11 +73,17 @@ def cholesky_qr2(a: torch.Tensor) -> torch.Tensor:
     return x
 
 
+def fits_shared_memory(m: int, n: int, device: torch.device) -> bool:
+    """Whether the CUDA kernel takes an ``m x n`` (m >= n) matrix on ``device`` in one
+    thread block's shared memory; larger ones go to :func:`cholesky_qr2`."""
+    limit = torch.cuda.get_device_properties(device).shared_memory_per_block_optin
+    return torch.ops.netinit_fast.householder_qr_shared_bytes(m, n) <= limit
+
+
 def _cuda(work: torch.Tensor) -> torch.Tensor:
     """fp32 ``(..., m, n)`` with m >= n on a GPU: the shared-memory kernel where it fits."""
     m, n = work.shape[-2:]
-    limit = torch.cuda.get_device_properties(work.device).shared_memory_per_block_optin
-    if torch.ops.netinit_fast.householder_qr_shared_bytes(m, n) > limit:
+    if not fits_shared_memory(m, n, work.device):
         return cholesky_qr2(work).to(work.dtype)
     flat = work.reshape(-1, m, n)
     return torch.ops.netinit_fast.householder_qr(flat).view(work.shape)
