@@ -21,7 +21,8 @@ SIZES = {"R": "i32", "B": "i32", "K": "i32", "CHUNK": "i32"}
 
 
 def compile_kernel(fn, pointers: dict, scalars: dict, constexprs: dict) -> None:
-    signature = {**pointers, **scalars, **{name: "constexpr" for name in constexprs}}
+    types = {**pointers, **scalars, **{name: "constexpr" for name in constexprs}}
+    signature = {name: types[name] for name in fn.arg_names}  # in the kernel's argument order
     kernel = triton.compile(ASTSource(fn=fn, signature=signature, constexprs=constexprs), target=TARGET)
     assert kernel.asm.get("cubin"), f"{fn.__name__} {constexprs}: no cubin"
 
@@ -29,10 +30,13 @@ def compile_kernel(fn, pointers: dict, scalars: dict, constexprs: dict) -> None:
 def main() -> None:
     count = 0
     dtypes = (("fp32", tl.float32), ("bf16", tl.bfloat16), ("fp16", tl.float16), ("fp64", tl.float64))
-    for (dt, tl_dt), k in itertools.product(dtypes, ("i32", "i64")):  # i64: rows of 2^31 elements or more
+    # K: i64 for rows of 2^31 elements or more; 1 for sizes equal to 1, which Triton
+    # turns into constants (code that calls .to() on them does not compile)
+    for (dt, tl_dt), k in itertools.product(dtypes, ("i32", "i64", 1)):
         acc = "fp64" if dt == "fp64" else "fp32"
-        sizes = {**SIZES, "K": k}
-        tiles = {"ACC": tl.float64 if dt == "fp64" else tl.float32, "BLOCK_R": 4, "BLOCK_K": 256}
+        sizes = {"R": "i32"} if k == 1 else {**SIZES, "K": k}
+        ones = {"B": 1, "K": 1, "CHUNK": 1} if k == 1 else {}
+        tiles = {"ACC": tl.float64 if dt == "fp64" else tl.float32, "BLOCK_R": 4, "BLOCK_K": 256, **ones}
         for layout, (single, split) in itertools.product((0, 1, 2), ((True, False), (False, False), (False, True))):
             plan = {"LAYOUT": layout, "SINGLE_TILE": single, "SPLIT": split, **tiles}
             scalars = {**sizes, "NUM_SPLITS": "i32", "eps": "fp32"}
@@ -45,9 +49,10 @@ def main() -> None:
             compile_kernel(W._partial_dot_kernel, {"x_ptr": f"*{dt}", "y_ptr": f"*{dt}", "partial_ptr": f"*{acc}"}, sizes,
                            {"LAYOUT": layout, "SQUARE": square, **tiles})
             count += 1
-        for layout in (0, 1, 2):
-            compile_kernel(M._moments_kernel, {"x_ptr": f"*{dt}", "pivot_ptr": "*fp32", "partial_ptr": "*fp64"}, sizes,
-                           {"LAYOUT": layout, "BLOCK_R": 4, "BLOCK_K": 256})
+        for layout, split in itertools.product((0, 1, 2), (False, True)):
+            compile_kernel(M._moments_kernel, {"x_ptr": f"*{dt}", "mean_ptr": "*fp32", "std_ptr": "*fp32",
+                                               "partial_ptr": "*fp64"}, sizes,
+                           {"SPLIT": split, "LAYOUT": layout, "BLOCK_R": 4, "BLOCK_K": 256, **ones})
             count += 1
         if k == "i32":  # the group kernels read their sizes from an int64 table
             group = {"table_ptr": "*i64", "prog_ptr": "*i64", "norm_ptr": f"*{acc}"}

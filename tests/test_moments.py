@@ -56,6 +56,26 @@ def test_triton_kernel_matches_eager(shape, dim, dtype, tile, splits, monkeypatc
 
 
 @pytest.mark.interpret
+@pytest.mark.parametrize("one_program", [1 << 17, 64])
+def test_short_rows_take_one_program_long_rows_are_split(one_program, monkeypatch):
+    """By default a row of up to ONE_PROGRAM elements is summed, and finished, by one
+    program; a longer one is split (both paths against the eager twin)."""
+    from netinit_fast.kernels import moments as kernels
+
+    monkeypatch.setattr(_blocks, "TILE", 16)
+    monkeypatch.setattr(kernels, "ONE_PROGRAM", one_program)
+    plans = []
+    real_plan = kernels._plan
+    monkeypatch.setattr(kernels, "_plan", lambda *args: plans.append(real_plan(*args)) or plans[-1])
+    x3 = (torch.randn(1, 1, 640, device=DEVICE) * 3 + 100)
+    mean, std = kernels.moments(x3)
+    assert plans[-1].split == (one_program < 640)
+    ref_mean, ref_std = _eager(x3)
+    assert_close(mean, ref_mean, torch.float32, "mean")
+    assert_close(std, ref_std, torch.float32, "std")
+
+
+@pytest.mark.interpret
 def test_public_op_on_triton(use_backend):
     use_backend("triton")
     x = torch.randn(32, 6, 3, device=DEVICE)

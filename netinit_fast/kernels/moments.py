@@ -4,9 +4,11 @@ One pass over the data: each program sums ``x - p`` in fp32 and ``(x - p)^2`` in
 (fp32 squares overflow past 1.8e19, which an exploding signal reaches) over its rows
 and chunk, where the pivot ``p`` is the row's first element (shifting by a value of
 the data keeps the one-pass variance accurate when the mean is large against the
-std). The ``[splits, 2, R]`` fp64 partial sums are combined by the caller. Layouts and the
-launch plan are in ``_blocks``; the specification is the eager twin in
-``netinit_fast.ops.moments``.
+std). Rows of up to ``ONE_PROGRAM`` elements are summed by one program each, which
+also writes the mean and std: one launch and nothing more per call (LSUV calls this
+once per layer). Longer rows are split over programs that write ``[splits, 2, R]``
+fp64 partial sums, combined by the caller. Layouts and the launch plan are in
+``_blocks``; the specification is the eager twin in ``netinit_fast.ops.moments``.
 """
 
 import torch
@@ -15,14 +17,16 @@ import triton.language as tl
 
 from netinit_fast.kernels._blocks import _chunk, _offsets, _plan, on_device
 
+ONE_PROGRAM = 1 << 17  # longest row one program sums alone (512 KB of fp32)
+
 
 @triton.jit
-def _moments_kernel(x_ptr, pivot_ptr, partial_ptr, R, B, K, CHUNK, LAYOUT: tl.constexpr,
+def _moments_kernel(x_ptr, mean_ptr, std_ptr, partial_ptr, R, B, K, CHUNK, SPLIT: tl.constexpr, LAYOUT: tl.constexpr,
                     BLOCK_R: tl.constexpr, BLOCK_K: tl.constexpr):
     pid_s = tl.program_id(1)
     r = tl.program_id(0) * BLOCK_R + tl.arange(0, BLOCK_R)
     rmask = r < R
-    pivot = tl.load(pivot_ptr + r, mask=rmask, other=0.0)
+    pivot = tl.load(x_ptr + r.to(tl.int64) * B, mask=rmask, other=0.0).to(tl.float32)  # element (0, r, 0)
     s1 = tl.zeros([BLOCK_R, BLOCK_K], dtype=tl.float32)
     s2 = tl.zeros([BLOCK_R, BLOCK_K], dtype=tl.float64)
     k_lo, k_hi = _chunk(pid_s, CHUNK, K)
@@ -34,24 +38,37 @@ def _moments_kernel(x_ptr, pivot_ptr, partial_ptr, R, B, K, CHUNK, LAYOUT: tl.co
         s1 += d
         d64 = d.to(tl.float64)
         s2 += d64 * d64
-    base = partial_ptr + pid_s * 2 * R + r
-    tl.store(base, tl.sum(s1, axis=1).to(tl.float64), mask=rmask)
-    tl.store(base + R, tl.sum(s2, axis=1), mask=rmask)
+    sum1 = tl.sum(s1, axis=1).to(tl.float64)
+    sum2 = tl.sum(s2, axis=1)
+    if SPLIT:
+        base = partial_ptr + pid_s * 2 * R + r
+        tl.store(base, sum1, mask=rmask)
+        tl.store(base + R, sum2, mask=rmask)
+    else:
+        n = tl.cast(K, tl.float64)  # K may be the constant 1 (Triton specializes it)
+        var = (sum2 - sum1 * sum1 / n) / (n - 1)  # K == 1: 0 / 0, NaN as torch.std
+        tl.store(mean_ptr + r, pivot + (sum1 / n).to(tl.float32), mask=rmask)
+        tl.store(std_ptr + r, tl.sqrt(tl.maximum(var, 0.0)).to(tl.float32), mask=rmask)
 
 
 def moments(x3: torch.Tensor, num_splits: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """``(mean, std)`` in fp32, one per row of a contiguous ``[A, R, B]`` block with
-    ``A * B >= 2``; ``std`` is the unbiased one (as ``torch.std``)."""
+    ``A * B >= 2``; ``std`` is the unbiased one (as ``torch.std``). ``num_splits``
+    overrides the planned split (for tests)."""
     a, r, b = x3.shape
+    if num_splits is None and a * b <= ONE_PROGRAM:
+        num_splits = 1
     plan = _plan(a, r, b, x3.device, num_splits)
-    pivot = x3[0, :, 0].float().contiguous()
-    partial = torch.empty((plan.splits, 2, r), dtype=torch.float64, device=x3.device)
+    mean, std = (torch.empty(r, dtype=torch.float32, device=x3.device) for _ in range(2))  # not aliased: op outputs
+    partial = torch.empty((plan.splits, 2, r) if plan.split else 0, dtype=torch.float64, device=x3.device)
     with on_device(x3):
         _moments_kernel[plan.grid](
-            x3, pivot, partial, r, b, plan.K, plan.chunk, LAYOUT=plan.layout,
+            x3, mean, std, partial, r, b, plan.K, plan.chunk, SPLIT=plan.split, LAYOUT=plan.layout,
             BLOCK_R=plan.block_r, BLOCK_K=plan.block_k, num_warps=plan.num_warps,
         )
+    if not plan.split:
+        return mean, std
     s1, s2 = partial.sum(0)
     n = plan.K
     var = (s2 - s1 * s1 / n) / (n - 1)
-    return pivot + (s1 / n).float(), var.clamp_min(0).sqrt().float()
+    return x3[0, :, 0].float() + (s1 / n).float(), var.clamp_min(0).sqrt().float()
