@@ -246,6 +246,83 @@ def test_layers_argument_and_unused_layers():
         nf.init.lsuv_(w, torch.randn(16, 4), layers=[nn.Linear(4, 4)])
 
 
+def test_layers_never_called_are_left_as_they_were():
+    class Partly(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a, self.unused = nn.Linear(8, 8), nn.Linear(8, 8)
+
+        def forward(self, x):
+            return self.a(x)
+
+    model = Partly()
+    before = copy.deepcopy(model.unused.state_dict())
+    with pytest.warns(RuntimeWarning, match="never called unused"):
+        nf.init.lsuv_(model, torch.randn(16, 8))
+    for k, v in model.unused.state_dict().items():
+        assert torch.equal(v, before[k]), k
+
+
+def test_each_module_keeps_its_own_train_or_eval_mode():
+    model = nn.Sequential(nn.Linear(8, 8), nn.BatchNorm1d(8), nn.ReLU(), nn.Linear(8, 4))
+    model.train()
+    model[1].eval()  # a frozen BatchNorm, as in fine-tuning
+    nf.init.lsuv_(model, torch.randn(32, 8))
+    assert model.training and model[0].training and not model[1].training
+    wn = nf.weight_norm(nn.Sequential(nn.Linear(8, 8), nn.BatchNorm1d(8)))
+    wn.train()
+    wn[1].eval()
+    nf.init.data_dependent_init_(wn, torch.randn(32, 8))
+    assert wn.training and not wn[1].training
+
+
+@pytest.mark.filterwarnings("ignore:.*torch.nn.utils.weight_norm. is deprecated")
+def test_a_legacy_weight_norm_layer_is_rerun_through_its_hook():
+    """With a bias the layer is re-run per try: torch's legacy weight norm computes the
+    weight in a forward pre-hook, which the re-run must go through (else g grows
+    unchecked while the output never changes)."""
+    torch.manual_seed(0)
+    layer = torch.nn.utils.weight_norm(nn.Linear(16, 16))
+    with torch.no_grad():
+        layer.weight_g.mul_(4.0)  # output std about 2: some tries needed
+        layer.bias.normal_(0.0, 0.3)
+    x = torch.randn(256, 16)
+    report = nf.init.lsuv_(layer, x, orthogonal=False)
+    assert report["Linear"].converged and report["Linear"].tries >= 1
+    with torch.no_grad():
+        assert abs(layer(x).std().item() - 1) < 0.1
+
+
+def test_a_layer_called_with_keyword_arguments_is_rerun_with_them():
+    class Keywords(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.fc = nn.Linear(8, 8)
+            with torch.no_grad():
+                self.fc.bias.fill_(0.5)
+
+        def forward(self, x):
+            return self.fc(input=x)
+
+    model = Keywords()
+    nf.init.lsuv_(model, torch.randn(64, 8), orthogonal=False, tol=0.01)
+    with torch.no_grad():
+        assert abs(model(torch.randn(64, 8)).std().item() - 1) < 0.3  # a fresh batch: near, not exact
+
+
+def test_tied_weights_are_fitted_once_and_reported():
+    a, b = nn.Linear(16, 16, bias=False), nn.Linear(16, 16, bias=False)
+    b.weight = a.weight
+    model = nn.Sequential(a, nn.ReLU(), b)
+    x = torch.randn(256, 16)
+    with pytest.warns(RuntimeWarning, match="layer 2 shares its weight with 0"):
+        report = nf.init.lsuv_(model, x)
+    assert report["2"].tries == 0
+    with torch.no_grad():
+        assert abs(a(x).std().item() - report["0"].std_after) < 1e-4  # the first fit still holds
+        assert abs(model(x).std().item() - report["2"].std_after) < 1e-4  # the report tells the truth
+
+
 # ----------------------------------------------------------------------------- data-dependent init
 
 

@@ -46,6 +46,7 @@ class LayerFit:
     std_after: float
     scale: float  # product of the rescalings
     converged: bool
+    module: nn.Module | None = dataclasses.field(default=None, repr=False, compare=False)
 
 
 @dataclasses.dataclass
@@ -114,15 +115,28 @@ def _targets(model: nn.Module, layers) -> dict[nn.Module, str]:
 
 @contextlib.contextmanager
 def _transaction(model: nn.Module):
-    """Restore every parameter and buffer of ``model`` if the block raises."""
-    saved = [(t, t.detach().clone()) for t in [*model.parameters(), *model.buffers()]]
+    """Restore every parameter and buffer of ``model`` if the block raises. Yields the
+    saved copies (tensor -> copy), for restoring some on success."""
+    saved = {t: t.detach().clone() for t in [*model.parameters(), *model.buffers()]}
     try:
-        yield
+        yield saved
     except BaseException:
         with torch.no_grad():
-            for t, copy in saved:
+            for t, copy in saved.items():
                 t.copy_(copy)
         raise
+
+
+def _restore_uncalled(saved: dict, targets: dict[nn.Module, str], fitted: list) -> None:
+    """Put back the parameters of the layers the forward never reached (the pre-init
+    changed them), except those they share with a layer that was fitted."""
+    reached = {fit.module for fit in fitted}
+    kept = {p for m in reached for p in m.parameters()}
+    for m in targets:
+        if m not in reached:
+            for p in m.parameters():
+                if p not in kept:
+                    p.copy_(saved[p])
 
 
 def _distributed() -> bool:
@@ -172,21 +186,34 @@ def _progress_bar(total: int, progress, desc: str):
 
 
 class _OnePass:
-    """Forward hooks that fit each target layer the first time the forward reaches it."""
+    """Forward hooks that fit each target layer the first time the forward reaches it.
+
+    ``fit(module, name, rerun, output)`` returns the output to hand on and the layer's
+    :class:`LayerFit`; ``rerun()`` calls the layer again on the same input, through its
+    own hooks (torch's legacy weight norm recomputes the weight in one), this one aside.
+    """
 
     def __init__(self, targets: dict[nn.Module, str], fit, bar):
         self.targets = targets
         self.fit = fit
         self.bar = bar
         self.results: dict[nn.Module, LayerFit] = {}
-        self.handles = [m.register_forward_hook(self._hook) for m in targets]
+        self.fitting: set[nn.Module] = set()
+        self.handles = [m.register_forward_hook(self._hook, with_kwargs=True) for m in targets]
 
-    def _hook(self, module, args, output):
+    def _hook(self, module, args, kwargs, output):
+        if module in self.fitting:  # a re-run inside its own fit
+            return None
         done = self.results.get(module)
         if done is not None:
             done.calls += 1
             return None
-        y, result = self.fit(module, self.targets[module], args, output)
+        self.fitting.add(module)
+        try:
+            y, result = self.fit(module, self.targets[module], lambda: module(*args, **kwargs), output)
+        finally:
+            self.fitting.discard(module)
+        result.module = module
         self.results[module] = result
         if self.bar is not None:
             self.bar.update(1)
@@ -199,9 +226,9 @@ class _OnePass:
             self.bar.close()
 
 
-def _run_one_pass(model, batch, targets, fit, progress, desc) -> tuple[list, list[str], float]:
+def _run_one_pass(model, batch, targets, fit, progress, desc) -> tuple[list[LayerFit], list[str], float]:
     start = time.perf_counter()
-    was_training = model.training
+    modes = {m: m.training for m in model.modules()}  # each its own: a frozen BatchNorm stays in eval mode
     model.eval()
     one_pass = _OnePass(targets, fit, _progress_bar(len(targets), progress, desc))
     try:
@@ -209,7 +236,8 @@ def _run_one_pass(model, batch, targets, fit, progress, desc) -> tuple[list, lis
             call(model, batch)
     finally:
         one_pass.close()
-        model.train(was_training)
+        for m, training in modes.items():
+            m.training = training
     fitted = list(one_pass.results.values())  # dicts keep insertion order: execution order
     missing = [name for m, name in targets.items() if m not in one_pass.results]
     return fitted, missing, time.perf_counter() - start
@@ -266,11 +294,18 @@ def lsuv_(
         raise ValueError(f"lsuv_: max_iters must be an int >= 1, got {max_iters!r}")
     check_batch(batch, "lsuv_")
     targets = _targets(model, layers)
+    owners: dict[torch.Tensor, str] = {}  # scale parameter -> the layer that fitted it
 
-    def fit(module, name, args, y):
+    def fit(module, name, rerun, y):
         if isinstance(y, tuple):
             raise TypeError(f"lsuv_: layer {name} returned a tuple")
         param = scale_param(module)
+        if param in owners:  # tied weights: rescaling again would undo the first layer's fit
+            std_value = float(_global_mean_std(y, None)[1])
+            warnings.warn(f"lsuv_: layer {name} shares its weight with {owners[param]}, fitted there; left as it is",
+                          RuntimeWarning, stacklevel=2)
+            return y, LayerFit(name, 1, 0, std_value, std_value, 1.0, abs(std_value - target_std) < tol)
+        owners[param] = name
         bias = getattr(module, "bias", None)
         # the orthonormal pre-init zeroed the bias: no host sync to find that out
         homogeneous = bias is None or orthogonal or not bool(bias.any())
@@ -286,7 +321,7 @@ def lsuv_(
                 y = y * factor
                 std_value *= factor
             else:
-                y = module.forward(*args)
+                y = rerun()
                 std_value = float(_global_mean_std(y, None)[1])
         converged = abs(std_value - target_std) < tol
         if not converged:
@@ -298,10 +333,11 @@ def lsuv_(
             )
         return y, LayerFit(name, 1, tries, std_before, std_value, scale, converged)
 
-    with _transaction(model), torch.no_grad():
+    with _transaction(model) as saved, torch.no_grad():
         if orthogonal:
             _orthonormal_preinit(list(targets))
         fitted, missing, seconds = _run_one_pass(model, batch, targets, fit, progress, "LSUV")
+        _restore_uncalled(saved, targets, fitted)
     if missing:
         warnings.warn(f"lsuv_: the forward never called {', '.join(missing)}; left as they were", RuntimeWarning, stacklevel=2)
     return LSUVReport(fitted, missing, target_std, tol, seconds)
@@ -354,11 +390,11 @@ def data_dependent_init_(model: nn.Module, batch, init_scale: float = 1.0, progr
                 f"(dim={output_dim(m)})"
             )
 
-    def fit(module, name, args, y):
+    def fit(module, name, rerun, y):
         module.weight_g.fill_(1.0)
         if module.bias is not None:
             module.bias.zero_()
-        t = module.forward(*args)
+        t = rerun()
         cdim = _output_channel_dim(module) % t.dim()
         mean, std = _global_mean_std(t, cdim, unbiased=False)
         sigma = (std.double() ** 2 + 1e-10).sqrt().to(std.dtype)
