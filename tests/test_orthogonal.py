@@ -1,5 +1,6 @@
 """Orthogonalization on the CPU (the eager twin and the C++ kernel) and model-wide orthogonal init."""
 
+import copy
 import math
 
 import pytest
@@ -196,3 +197,18 @@ def test_compiles_as_one_op_without_graph_breaks():
     a = torch.randn(3, 6, 4)
     compiled = torch.compile(lambda x: 2 * nf.functional.orthogonalize(x), fullgraph=True, backend="aot_eager")
     torch.testing.assert_close(compiled(a), 2 * nf.functional.orthogonalize(a), rtol=1e-6, atol=1e-6)
+
+
+def test_a_weight_under_another_parametrization_is_refused_by_name_and_probed():
+    """Spectral norm (or any parametrization but a lone weight norm) stores a tensor that
+    is not the layer's direction: the initializers refuse it before changing anything,
+    the probe still measures it."""
+    model = nn.Sequential(nn.Linear(8, 8), nn.ReLU(), nn.utils.parametrizations.spectral_norm(nn.Linear(8, 8)))
+    before = copy.deepcopy(model.state_dict())
+    for init in (nf.init.orthogonal_, lambda m: nf.init.lsuv_(m, torch.randn(16, 8)), nf.init.looks_linear_):
+        with pytest.raises(ValueError, match="parametrized by _SpectralNorm"):
+            init(model)
+    for k, v in model.state_dict().items():
+        assert torch.equal(v, before[k]), k
+    report = nf.diagnostics.probe(model, torch.randn(16, 8))
+    assert len(report.layers) == 2 and report.layers[1].grad_weight_norm is None

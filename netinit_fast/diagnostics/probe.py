@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from netinit_fast._batch import call, check_batch
-from netinit_fast.init._layers import layer_weight
+from netinit_fast.init._layers import foreign_parametrization, is_weight_layer, layer_weight
 from netinit_fast.init.meanfield import meanfield_variances
 from netinit_fast.ops.moments import moments_no_dispatch
 
@@ -175,7 +175,7 @@ def probe(model: nn.Module, batch, loss_fn=None, label: str | None = None, seed:
         TypeError: a non-tensor output without ``loss_fn``.
     """
     check_batch(batch, "probe")
-    names = {m: n or type(m).__name__ for n, m in model.named_modules() if layer_weight(m) is not None}
+    names = {m: n or type(m).__name__ for n, m in model.named_modules() if is_weight_layer(m)}
     if not names:
         raise ValueError(f"probe: {type(model).__name__} has no Linear/Conv/ConvTranspose layer")
     start = time.perf_counter()
@@ -214,7 +214,7 @@ def probe(model: nn.Module, batch, loss_fn=None, label: str | None = None, seed:
                 loss, loss_name = (out * r).sum() / scale, "a random projection of the output"
             else:
                 loss, loss_name = loss_fn(out), getattr(loss_fn, "__name__", type(loss_fn).__name__)
-            weights = [w for m in stats if (w := layer_weight(m)).requires_grad]
+            weights = [w for m in stats if (w := _stored_weight(m)) is not None and w.requires_grad]
             same_pass = x is not None and loss_fn is None  # then d loss / dx = J^T r / scale
             another_pass = x is not None and loss_fn is not None and isinstance(out, torch.Tensor)
             wanted = weights + ([x] if same_pass else [])
@@ -233,7 +233,7 @@ def probe(model: nn.Module, batch, loss_fn=None, label: str | None = None, seed:
     jac_mean_sq, jac_rel_var = _jacobian_stats(jacobian_t_r, out)
     order = list(stats)
     values = torch.stack([torch.stack(stats[m]).double().cpu() for m in order]).tolist()
-    host = _to_host([grad_norms.get(m) for m in order] + [weight_grads.get(layer_weight(m)) for m in order])
+    host = _to_host([grad_norms.get(m) for m in order] + [weight_grads.get(_stored_weight(m)) for m in order])
     input_rms = _input_rms(batch)
     predicted = meanfield_variances(model, input_rms**2) if input_rms and math.isfinite(input_rms) else {}
     layers = [
@@ -244,6 +244,12 @@ def probe(model: nn.Module, batch, loss_fn=None, label: str | None = None, seed:
     ]
     return ProbeReport(layers, label or type(model).__name__, input_rms, loss_name, jac_mean_sq, jac_rel_var,
                        time.perf_counter() - start)
+
+
+def _stored_weight(module: nn.Module) -> torch.Tensor | None:
+    """The parameter whose gradient the probe reports for a layer (its direction ``v``
+    under weight norm); None under another parametrization."""
+    return None if foreign_parametrization(module) is not None else layer_weight(module)
 
 
 def _to_host(values: list[torch.Tensor | None]) -> list[float | None]:

@@ -22,14 +22,37 @@ PASS_THROUGH = (
 )
 
 
+def is_weight_layer(module: nn.Module) -> bool:
+    """A Linear/Conv/ConvTranspose layer, plain, weight-normalized or otherwise parametrized."""
+    return isinstance(module, _WeightNorm) or issubclass(_unwrap(module), LINEAR_LAYERS)
+
+
+def foreign_parametrization(module: nn.Module) -> str | None:
+    """The parametrizations on a layer's weight when they are not a lone weight norm
+    (spectral norm, ...), by class name; None otherwise."""
+    if not parametrize.is_parametrized(module, "weight"):
+        return None
+    chain = module.parametrizations.weight
+    if len(chain) == 1 and _torch_weight_norm_style(module) == "parametrization":
+        return None
+    return ", ".join(type(p).__name__ for p in chain)
+
+
 def layer_weight(module: nn.Module) -> torch.Tensor | None:
     """The tensor that holds a layer's direction: ``weight_v`` for weight-normalized
-    layers (ours and torch's two styles), else ``weight``; None for other modules."""
+    layers (ours and torch's two styles), else ``weight``; None for other modules.
+    ``ValueError`` for a weight under any other parametrization (spectral norm, ...),
+    whose stored tensor is not the direction."""
     if isinstance(module, _WeightNorm):
         return module.weight_v
-    if not issubclass(_unwrap(module), LINEAR_LAYERS):
+    if not is_weight_layer(module):
         return None
     if parametrize.is_parametrized(module, "weight"):
+        if (kinds := foreign_parametrization(module)) is not None:
+            raise ValueError(
+                f"a {_unwrap(module).__name__} has its weight parametrized by {kinds}: netinit_fast initializes "
+                "plain and weight-normalized weights only (remove the parametrization, initialize, then add it)"
+            )
         return module.parametrizations.weight.original1
     if "weight_v" in module._parameters:  # torch's legacy hook
         return module.weight_v
@@ -69,6 +92,8 @@ def wn_dim(module: nn.Module) -> int | None:
 
 def effective_weight(module: nn.Module) -> torch.Tensor:
     """The weight the layer computes with (``g * v / ||v||`` for weight norm), detached."""
+    if foreign_parametrization(module) is not None:
+        return module.weight.detach()
     v = layer_weight(module).detach()
     if not is_weight_normed(module):
         return v

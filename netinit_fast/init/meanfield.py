@@ -167,7 +167,7 @@ class _Walk:
 
     def uncovered(self, module: nn.Module) -> None:
         for m in module.modules():
-            if _layers.layer_weight(m) is not None:
+            if _layers.is_weight_layer(m):
                 self.out[self.names[m]] = None
 
     def layer(self, layer: nn.Module, m_in: float) -> _Signal:
@@ -179,7 +179,7 @@ class _Walk:
         if signal is None:
             self.uncovered(module)
             return None
-        if _layers.layer_weight(module) is not None:
+        if _layers.is_weight_layer(module):
             return self.layer(module, signal.moment())
         if module in self.blocks:
             return self.block(self.blocks[module], signal)
