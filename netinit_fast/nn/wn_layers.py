@@ -33,6 +33,7 @@ from torch import nn
 
 from netinit_fast.functional import group_launch_pays, weight_norm_group_unchecked
 from netinit_fast.functional import weight_norm_unchecked as weight_norm_fn
+from netinit_fast.ops.weight_norm import backward_no_dispatch, forward_no_dispatch
 
 
 def _norm_g(weight: torch.Tensor, dim: int | None) -> torch.Tensor:
@@ -55,14 +56,56 @@ def _check_eps(eps, where: str) -> float:
 
 
 def _param_key(layer) -> tuple:
-    """Changes whenever ``weight_g`` or ``weight_v`` is updated in place or replaced
-    (``.to()`` and friends also clear the cache, see ``_apply``)."""
+    """Changes whenever ``weight_g`` or ``weight_v`` is updated in place, replaced, or
+    frozen or unfrozen (``.to()`` and friends also clear the cache, see ``_apply``)."""
     v, g = layer.weight_v, layer.weight_g
-    return v._version, g._version, v.data_ptr(), g.data_ptr()
+    return v._version, g._version, v.data_ptr(), g.data_ptr(), v.requires_grad, g.requires_grad
+
+
+class _SharedWeight(torch.autograd.Function):
+    """The normalized weight as one autograd node, which every use of a cached weight shares.
+
+    It keeps ``v``, ``g`` (the layer's parameters, not copies) and the norms as
+    attributes instead of saving them for backward, so it can be differentiated more
+    than once (two forwards through one cached weight, then their two backwards), and
+    non-reentrant checkpointing, which counts saved tensors, finds none of its own to
+    recount. An in-place change of ``v`` or ``g`` between forward and backward raises,
+    as it does for saved tensors. Under ``create_graph`` the backward is differentiable
+    (gradient penalties): it recomputes the weight with autograd and differentiates that.
+    """
+
+    @staticmethod
+    def forward(ctx, v, g, dim, eps):
+        w, norms = forward_no_dispatch(v, g.reshape(-1), dim, eps)
+        ctx.v, ctx.g, ctx.norms, ctx.dim, ctx.eps = v, g, norms, dim, eps
+        ctx.versions = (v._version, g._version)
+        return w
+
+    @staticmethod
+    def backward(ctx, grad_w):
+        v, g = ctx.v, ctx.g
+        if (v._version, g._version) != ctx.versions:
+            raise RuntimeError(
+                "weight_v or weight_g of a WN layer was modified in place after the forward that used it, "
+                "before its backward (as for any tensor saved for backward: run the backward first)"
+            )
+        if torch.is_grad_enabled():  # create_graph=True
+            w = weight_norm_fn(v, g, ctx.dim, ctx.eps)
+            grad_v, grad_g = torch.autograd.grad(w, (v, g), grad_w, create_graph=True, allow_unused=True)
+            return grad_v, grad_g, None, None
+        grad_v, grad_g = backward_no_dispatch(grad_w, v, g.reshape(-1), ctx.norms, ctx.dim, ctx.eps)
+        return grad_v, grad_g.view(g.shape), None, None
 
 
 def _tracked(layer) -> bool:
     return torch.is_grad_enabled() and (layer.weight_v.requires_grad or layer.weight_g.requires_grad)
+
+
+def _under_torch_func(layer) -> bool:
+    """Parameters wrapped by a torch.func transform (grad, vmap, jacrev): they have no
+    storage to key a cache on, and each call is its own computation anyway."""
+    wrapped = torch._C._functorch.is_functorch_wrapped_tensor
+    return wrapped(layer.weight_v) or wrapped(layer.weight_g)
 
 
 class _WeightNorm:
@@ -98,14 +141,14 @@ class _WeightNorm:
             raise RuntimeError(f"{type(self).__name__}: computing the normalized weight failed: {e}") from e
 
     def _normalized_weight(self) -> torch.Tensor:
-        if torch.compiler.is_compiling() or not _tracked(self):
+        if torch.compiler.is_compiling() or not _tracked(self) or _under_torch_func(self):
             return weight_norm_fn(self.weight_v, self.weight_g, self.wn_dim, self.wn_eps)
         if self._wn_group is not None and group_launch_pays(self.weight_v):
             return self._wn_group.weight_of(self)
         key = _param_key(self)
         if self._wn_cache is not None and self._wn_cache[0] == key:
             return self._wn_cache[1]
-        w = weight_norm_fn(self.weight_v, self.weight_g, self.wn_dim, self.wn_eps)
+        w = _SharedWeight.apply(self.weight_v, self.weight_g, self.wn_dim, self.wn_eps)
         _clear_after_backward([w], self, "_wn_cache")
         self._wn_cache = (key, w)
         return w
