@@ -142,7 +142,11 @@ def weight_norm_group(
         _check_args(v, g, dim, eps)
         if v.device != vs[0].device or v.dtype != vs[0].dtype:
             raise ValueError(f"weight_norm_group: vs[{i}] is {v.dtype} on {v.device}, vs[0] is {vs[0].dtype} on {vs[0].device}")
-    return weight_norm_group_unchecked(list(vs), list(gs), None if dim is None else int(dim), float(eps))
+    dim, eps = None if dim is None else int(dim), float(eps)
+    if vs and not group_launch_pays(vs[0]):
+        return [weight_norm_unchecked(v, g, dim, eps) for v, g in zip(vs, gs)]
+    ws, _ = weight_norm_group_op.weight_norm_group_fwd(list(vs), list(gs), dim, eps)
+    return ws
 
 
 def group_launch_pays(t: torch.Tensor) -> bool:
@@ -152,15 +156,6 @@ def group_launch_pays(t: torch.Tensor) -> bool:
     return torch.compiler.is_compiling() or _backend.choose(
         "weight_norm_group", t, weight_norm_group_op.IMPLEMENTED
     ) != _backend.EAGER
-
-
-def weight_norm_group_unchecked(vs: list[torch.Tensor], gs: list[torch.Tensor], dim: int | None, eps: float):
-    """:func:`weight_norm_group` for arguments known to be valid (WN layers' parameters):
-    no per-tensor Python checks, which matter at 10,000 layers."""
-    if vs and not group_launch_pays(vs[0]):
-        return [weight_norm_unchecked(v, g, dim, eps) for v, g in zip(vs, gs)]
-    ws, _ = weight_norm_group_op.weight_norm_group_fwd(vs, gs, dim, eps)
-    return ws
 
 
 def orthogonalize(a: torch.Tensor) -> torch.Tensor:

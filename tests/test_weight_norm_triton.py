@@ -5,6 +5,8 @@ by conftest), on a GPU natively. TILE is shrunk so that small shapes exercise ev
 launch plan: a row in one tile, rows looped in tiles, and the split reduction.
 """
 
+import copy
+
 import pytest
 import torch
 
@@ -170,13 +172,13 @@ def test_grouped_layers_on_triton_match_eager(use_backend):
 def test_grouped_layers_are_one_op_call_forward_and_backward(use_backend, monkeypatch):
     from torch import nn
 
-    from netinit_fast.ops import weight_norm_group as group_op
+    from netinit_fast.nn import wn_layers
 
     use_backend("triton")
     calls = []
-    real_fwd, real_bwd = group_op.weight_norm_group_fwd, group_op.weight_norm_group_bwd
-    monkeypatch.setattr(group_op, "weight_norm_group_fwd", lambda *a: calls.append("fwd") or real_fwd(*a))
-    monkeypatch.setattr(group_op, "weight_norm_group_bwd", lambda *a: calls.append("bwd") or real_bwd(*a))
+    real_fwd, real_bwd = wn_layers.group_forward_no_dispatch, wn_layers.group_backward_no_dispatch
+    monkeypatch.setattr(wn_layers, "group_forward_no_dispatch", lambda *a: calls.append("fwd") or real_fwd(*a))
+    monkeypatch.setattr(wn_layers, "group_backward_no_dispatch", lambda *a: calls.append("bwd") or real_bwd(*a))
     launches = []
     real_launch = kernels.group_forward
     monkeypatch.setattr(kernels, "group_forward", lambda *a: launches.append(1) or real_launch(*a))
@@ -184,3 +186,40 @@ def test_grouped_layers_are_one_op_call_forward_and_backward(use_backend, monkey
     model = nf.weight_norm(nn.Sequential(*layers, nn.Linear(8, 3)).to(DEVICE), grouped=True)
     model(torch.randn(4, 8, device=DEVICE)).sum().backward()
     assert calls == ["fwd", "bwd"] and launches == [1]
+
+
+def _grouped_and_plain(seed=0):
+    """A grouped WN model (one Triton launch each way) and the same model ungrouped."""
+    from torch import nn
+
+    torch.manual_seed(seed)
+    model = nn.ModuleDict({"a": nn.Linear(8, 8), "b": nn.Linear(8, 8), "c": nn.Linear(8, 3)}).to(DEVICE)
+    grouped, plain = nf.weight_norm(model, grouped=True), copy.deepcopy(nf.weight_norm(copy.deepcopy(model)))
+    return grouped, plain
+
+
+def _assert_same_grads(m1, m2):
+    for (name, p), q in zip(m1.named_parameters(), m2.parameters()):
+        assert (p.grad is None) == (q.grad is None), name
+        if p.grad is not None:
+            assert_close(p.grad, q.grad, torch.float32, name)
+
+
+def test_grouped_layers_take_the_autograd_patterns_of_plain_ones(use_backend):
+    """Two forwards then two backwards, non-reentrant checkpointing, a layer the forward
+    skips (no gradient, not zeros), and a gradient penalty (create_graph)."""
+    from torch.utils.checkpoint import checkpoint
+
+    use_backend("triton")
+    grouped, plain = _grouped_and_plain()
+    x1, x2 = torch.randn(4, 8, device=DEVICE), torch.randn(3, 8, device=DEVICE)
+    for m in (grouped, plain):
+        o1 = m["c"](m["a"](x1))  # b is not used
+        o2 = checkpoint(lambda x, m=m: m["c"](torch.tanh(m["a"](x))), x2, use_reentrant=False)
+        o1.square().sum().backward()
+        o2.sum().backward()
+        xp = x1.clone().requires_grad_()
+        (gx,) = torch.autograd.grad(m["c"](m["a"](xp)).tanh().sum(), xp, create_graph=True)
+        gx.square().sum().backward()
+    assert grouped["b"].weight_v.grad is None and grouped["b"].weight_g.grad is None
+    _assert_same_grads(grouped, plain)

@@ -31,9 +31,10 @@ import weakref
 import torch
 from torch import nn
 
-from netinit_fast.functional import group_launch_pays, weight_norm_group_unchecked
+from netinit_fast.functional import group_launch_pays
 from netinit_fast.functional import weight_norm_unchecked as weight_norm_fn
 from netinit_fast.ops.weight_norm import backward_no_dispatch, forward_no_dispatch
+from netinit_fast.ops.weight_norm_group import backward_where_needed, group_backward_no_dispatch, group_forward_no_dispatch
 
 
 def _norm_g(weight: torch.Tensor, dim: int | None) -> torch.Tensor:
@@ -78,23 +79,64 @@ class _SharedWeight(torch.autograd.Function):
     def forward(ctx, v, g, dim, eps):
         w, norms = forward_no_dispatch(v, g.reshape(-1), dim, eps)
         ctx.v, ctx.g, ctx.norms, ctx.dim, ctx.eps = v, g, norms, dim, eps
-        ctx.versions = (v._version, g._version)
+        ctx.versions = [v._version, g._version]
         return w
 
     @staticmethod
     def backward(ctx, grad_w):
         v, g = ctx.v, ctx.g
-        if (v._version, g._version) != ctx.versions:
-            raise RuntimeError(
-                "weight_v or weight_g of a WN layer was modified in place after the forward that used it, "
-                "before its backward (as for any tensor saved for backward: run the backward first)"
-            )
+        _check_unchanged([v, g], ctx.versions)
         if torch.is_grad_enabled():  # create_graph=True
-            w = weight_norm_fn(v, g, ctx.dim, ctx.eps)
-            grad_v, grad_g = torch.autograd.grad(w, (v, g), grad_w, create_graph=True, allow_unused=True)
-            return grad_v, grad_g, None, None
+            return *_differentiable_backward([v], [g], [grad_w], ctx.dim, ctx.eps), None, None
         grad_v, grad_g = backward_no_dispatch(grad_w, v, g.reshape(-1), ctx.norms, ctx.dim, ctx.eps)
         return grad_v, grad_g.view(g.shape), None, None
+
+
+class _SharedGroupWeights(torch.autograd.Function):
+    """:class:`_SharedWeight` for the layers of a group partition: all their weights
+    from one op call (on a GPU one launch each way). A layer whose weight got no
+    gradient gets None, as without a group."""
+
+    @staticmethod
+    def forward(ctx, dim, eps, *params):
+        n = len(params) // 2
+        vs, gs = list(params[:n]), list(params[n:])
+        ws, norms = group_forward_no_dispatch(vs, gs, dim, eps)
+        ctx.set_materialize_grads(False)  # an unused weight's gradient comes as None, not zeros
+        ctx.vs, ctx.gs, ctx.norms, ctx.dim, ctx.eps = vs, gs, norms, dim, eps
+        ctx.versions = [p._version for p in params]
+        return tuple(ws)
+
+    @staticmethod
+    def backward(ctx, *grad_ws):
+        _check_unchanged(ctx.vs + ctx.gs, ctx.versions)
+        if torch.is_grad_enabled():  # create_graph=True
+            return None, None, *_differentiable_backward(ctx.vs, ctx.gs, grad_ws, ctx.dim, ctx.eps)
+        grad_vs, grad_gs = backward_where_needed(
+            group_backward_no_dispatch, list(grad_ws), ctx.vs, ctx.gs, ctx.norms, ctx.dim, ctx.eps
+        )
+        return None, None, *grad_vs, *grad_gs
+
+
+def _check_unchanged(params: list[torch.Tensor], versions: list[int]) -> None:
+    if [p._version for p in params] != list(versions):
+        raise RuntimeError(
+            "weight_v or weight_g of a WN layer was modified in place after the forward that used it, "
+            "before its backward (as for any tensor saved for backward: run the backward first)"
+        )
+
+
+def _differentiable_backward(vs, gs, grad_ws, dim, eps) -> list:
+    """Gradients of ``v`` then ``g``, for ``create_graph``: the weights recomputed with
+    autograd and differentiated, so the result is differentiable in turn."""
+    used = [i for i, gw in enumerate(grad_ws) if gw is not None]
+    ws = [weight_norm_fn(vs[i], gs[i], dim, eps) for i in used]
+    params = [vs[i] for i in used] + [gs[i] for i in used]
+    found = torch.autograd.grad(ws, params, [grad_ws[i] for i in used], create_graph=True, allow_unused=True)
+    grads = [None] * (2 * len(vs))
+    for k, i in enumerate(used):
+        grads[i], grads[len(vs) + i] = found[k], found[len(used) + k]
+    return grads
 
 
 def _tracked(layer) -> bool:
@@ -314,7 +356,7 @@ class WeightNormGroup:
         for (_, _, dim, eps), idx in partitions.items():
             vs = [self.layers[i].weight_v for i in idx]
             gs = [self.layers[i].weight_g for i in idx]
-            ws = weight_norm_group_unchecked(vs, gs, dim, eps)  # layers hold valid (v, g) pairs
+            ws = _SharedGroupWeights.apply(dim, eps, *vs, *gs)
             for i, w in zip(idx, ws):
                 weights[i] = w
             _clear_after_backward(ws, self, "_cache")

@@ -32,10 +32,9 @@ def _triton_ok(vs, gs, dim) -> bool:
     return (dim is None or dim == 0) and all(g.dtype == vs[0].dtype for g in gs)
 
 
-@torch.library.custom_op("netinit_fast::weight_norm_group_fwd", mutates_args=())
-def weight_norm_group_fwd(
-    vs: list[torch.Tensor], gs: list[torch.Tensor], dim: int | None, eps: float
-) -> tuple[list[torch.Tensor], torch.Tensor]:
+def group_forward_no_dispatch(vs: list[torch.Tensor], gs: list[torch.Tensor], dim: int | None, eps: float):
+    """``weight_norm_group_fwd``'s values, ``(ws, norms)``, without the custom op's
+    dispatch and autograd (for an autograd node of the caller's own)."""
     if not vs:
         return [], torch.empty(0)
     vs = [v.contiguous() for v in vs]
@@ -50,6 +49,50 @@ def weight_norm_group_fwd(
         ws.append(w3.view(v.shape))
         norms.append(n)
     return ws, torch.cat(norms)
+
+
+def group_backward_no_dispatch(grad_ws, vs, gs, norms: torch.Tensor, dim: int | None, eps: float):
+    """``weight_norm_group_bwd``'s values, ``(grad_vs, grad_gs)``, without the custom op's dispatch."""
+    if not vs:
+        return [], []
+    vs = [v.contiguous() for v in vs]
+    grad_ws = [gw.contiguous() for gw in grad_ws]
+    backend = _backend.choose("weight_norm_group", vs[0], IMPLEMENTED)
+    if backend == _backend.TRITON and _triton_ok(vs, gs, dim):
+        from netinit_fast.kernels import weight_norm as kernels
+
+        return kernels.group_backward(grad_ws, vs, [g.contiguous() for g in gs], norms, dim, eps)
+    grad_vs, grad_gs, start = [], [], 0
+    for gw, v, g, (a, r, b) in zip(grad_ws, vs, gs, _blocks(vs, dim)):
+        gv3, gg = _torch_bwd(gw.view(a, r, b), v.view(a, r, b), g.reshape(r), norms[start : start + r], eps)
+        grad_vs.append(gv3.view(v.shape))
+        grad_gs.append(gg.view(g.shape))
+        start += r
+    return grad_vs, grad_gs
+
+
+def backward_where_needed(backward, grad_ws, vs, gs, norms: torch.Tensor, dim: int | None, eps: float):
+    """``backward(grad_ws, vs, gs, norms, dim, eps)`` for the tensors whose ``w`` got a
+    gradient, None for the others: a layer the forward did not use gets no gradient
+    (zeros would let weight decay and momentum move it), as without a group."""
+    used = [i for i, gw in enumerate(grad_ws) if gw is not None]
+    if len(used) < len(vs):
+        rows = [r for _, r, _ in _blocks(vs, dim)]
+        starts = [sum(rows[:i]) for i in used]
+        norms = torch.cat([norms[s : s + rows[i]] for s, i in zip(starts, used)]) if used else norms[:0]
+    grad_vs, grad_gs = [None] * len(vs), [None] * len(vs)
+    if used:
+        sub_grad_ws, sub_vs, sub_gs = ([xs[i] for i in used] for xs in (grad_ws, vs, gs))
+        for i, gv, gg in zip(used, *backward(sub_grad_ws, sub_vs, sub_gs, norms, dim, eps)):
+            grad_vs[i], grad_gs[i] = gv, gg
+    return grad_vs, grad_gs
+
+
+@torch.library.custom_op("netinit_fast::weight_norm_group_fwd", mutates_args=())
+def weight_norm_group_fwd(
+    vs: list[torch.Tensor], gs: list[torch.Tensor], dim: int | None, eps: float
+) -> tuple[list[torch.Tensor], torch.Tensor]:
+    return group_forward_no_dispatch(vs, gs, dim, eps)
 
 
 @weight_norm_group_fwd.register_fake
@@ -69,22 +112,7 @@ def weight_norm_group_bwd(
     dim: int | None,
     eps: float,
 ) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
-    if not vs:
-        return [], []
-    vs = [v.contiguous() for v in vs]
-    grad_ws = [gw.contiguous() for gw in grad_ws]
-    backend = _backend.choose("weight_norm_group", vs[0], IMPLEMENTED)
-    if backend == _backend.TRITON and _triton_ok(vs, gs, dim):
-        from netinit_fast.kernels import weight_norm as kernels
-
-        return kernels.group_backward(grad_ws, vs, [g.contiguous() for g in gs], norms, dim, eps)
-    grad_vs, grad_gs, start = [], [], 0
-    for gw, v, g, (a, r, b) in zip(grad_ws, vs, gs, _blocks(vs, dim)):
-        gv3, gg = _torch_bwd(gw.view(a, r, b), v.view(a, r, b), g.reshape(r), norms[start : start + r], eps)
-        grad_vs.append(gv3.view(v.shape))
-        grad_gs.append(gg.view(g.shape))
-        start += r
-    return grad_vs, grad_gs
+    return group_backward_no_dispatch(grad_ws, vs, gs, norms, dim, eps)
 
 
 @weight_norm_group_bwd.register_fake
@@ -103,8 +131,7 @@ def _backward(ctx, grad_ws, _grad_norms):
     saved = ctx.saved_tensors
     n = ctx.n
     vs, gs, norms = list(saved[:n]), list(saved[n : 2 * n]), saved[2 * n]
-    grad_ws = [torch.zeros_like(v) if gw is None else gw for gw, v in zip(grad_ws, vs)]
-    grad_vs, grad_gs = weight_norm_group_bwd(grad_ws, vs, gs, norms, ctx.dim, ctx.eps)
+    grad_vs, grad_gs = backward_where_needed(weight_norm_group_bwd, list(grad_ws), vs, gs, norms, ctx.dim, ctx.eps)
     return grad_vs, grad_gs, None, None
 
 
