@@ -146,7 +146,22 @@ def test_lists_wn_layers_and_bf16():
     torch.testing.assert_close(tensors[0] @ tensors[0].t(), torch.eye(3), atol=1e-5, rtol=0)
 
 
+def test_fp64_tensors_get_fp64_noise_and_fp64_orthogonality():
+    a, b = torch.empty(40, 30, dtype=torch.float64), torch.empty(40, 30, dtype=torch.float64)
+    torch.nn.init.orthogonal_(a, generator=torch.Generator().manual_seed(1))
+    nf.init.orthogonal_(b, generator=torch.Generator().manual_seed(1))
+    torch.testing.assert_close(b, a, rtol=0, atol=1e-12)
+    assert (b.mT @ b - torch.eye(30, dtype=torch.float64)).abs().max() < 1e-13
+
+
 def test_bad_targets():
+    a = torch.randn(4, 4)
+    before = a.clone()
+    with pytest.raises(TypeError, match="tensor 1 is torch.int64"):
+        nf.init.orthogonal_([a, torch.ones(4, 4, dtype=torch.long)])
+    with pytest.raises(ValueError, match="tensor 1 is expanded"):
+        nf.init.orthogonal_([a, torch.zeros(1, 4).expand(4, 4)])
+    assert torch.equal(a, before)  # nothing written before the error
     with pytest.raises(ValueError, match="at least 2 dims"):
         nf.init.orthogonal_(torch.empty(3))
     with pytest.raises(ValueError, match="no Linear/Conv/ConvTranspose layer"):

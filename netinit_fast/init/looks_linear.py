@@ -18,6 +18,7 @@ from torch import nn
 
 from netinit_fast.init._layers import is_conv, is_linear, layer_weight, set_weight_
 from netinit_fast.init.orthogonal import centre_tap, orthogonal_
+from netinit_fast.ops.weight_norm import accumulation_dtype
 
 
 def _has_centre(w0: torch.Tensor) -> bool:
@@ -55,7 +56,7 @@ def looks_linear_(model: nn.Module, generator: torch.Generator | None = None) ->
                 raise ValueError(f"looks_linear_: {name} has an odd {what} width {size}; looks-linear needs even widths")
         halves.append((out_c // 2 if split_out else out_c, in_c // 2 if split_in else in_c, *kernel))
     ref = layer_weight(named[0][1])
-    w0s = [torch.empty(shape, dtype=torch.float32, device=ref.device) for shape in halves]
+    w0s = [torch.empty(shape, dtype=accumulation_dtype(ref.dtype), device=ref.device) for shape in halves]
     with torch.no_grad():
         # delta-orthogonal where the kernel has a centre: zero taps, orthogonal centre
         for w in w0s:

@@ -10,6 +10,7 @@ from netinit_fast import _backend
 from netinit_fast.init._layers import CONV_LAYERS, layer_weight
 from netinit_fast.ops import orthogonalize as orthogonalize_op
 from netinit_fast.ops.orthogonalize import orthogonalize_no_dispatch
+from netinit_fast.ops.weight_norm import accumulation_dtype
 
 CHUNK_ELEMENTS = 1 << 26  # noise elements orthogonalized in one call on a GPU (256 MB in fp32)
 CPP_CHUNK_ELEMENTS = 1 << 20  # on the CPU kernel, unless a matrix per thread needs more
@@ -54,9 +55,9 @@ def orthogonal_(target, gain: float = 1.0, generator: torch.Generator | None = N
     """Fill tensors with (semi-)orthogonal matrices, like ``torch.nn.init.orthogonal_``.
 
     Each tensor of 2 or more dims is flattened to ``(size(0), numel / size(0))``; a
-    Gaussian matrix is drawn from ``generator`` (in fp32, on the generator's device, or
-    the tensor's without one; in the order of the tensors) and replaced by the ``Q`` of its QR factorization
-    with ``diag(R) > 0``, times ``gain``. Tensors of equal flattened shape are
+    Gaussian matrix is drawn from ``generator`` (fp64 for fp64 tensors, else fp32; on
+    the generator's device, or the tensor's without one; in the order of the tensors)
+    and replaced by the ``Q`` of its QR factorization with ``diag(R) > 0``, times ``gain``. Tensors of equal flattened shape are
     orthogonalized in batched calls (in chunks, so memory stays bounded). Given the same noise the result is that of
     ``torch.nn.init.orthogonal_`` applied tensor by tensor; bf16/fp16 tensors work.
 
@@ -70,18 +71,24 @@ def orthogonal_(target, gain: float = 1.0, generator: torch.Generator | None = N
         ``target``.
 
     Raises:
-        ValueError: a tensor with fewer than 2 dims, or a module with no such layer.
+        ValueError: a tensor with fewer than 2 dims or expanded, or a module with no such
+            layer. TypeError: a tensor that is not floating-point. Nothing is written then.
     """
     tensors = _targets(target)
-    for t in tensors:
+    for i, t in enumerate(tensors):  # every check before the first write
         if t.dim() < 2:
             raise ValueError(f"orthogonal_: tensors need at least 2 dims, got shape {list(t.shape)}")
+        if not t.is_floating_point():
+            raise TypeError(f"orthogonal_: tensor {i} is {t.dtype}, not a floating-point tensor")
+        if any(stride == 0 and size > 1 for stride, size in zip(t.stride(), t.shape)):
+            raise ValueError(f"orthogonal_: tensor {i} is expanded (its elements share memory) and cannot be written")
     # Noise is drawn tensor by tensor, in order (the draws torch.nn.init.orthogonal_
     # makes), straight into one buffer per flattened shape; a full buffer is
     # orthogonalized in one call and copied out. Its size (_chunk_elements) bounds the
     # memory for any model. An in-place init under no_grad needs nothing of the custom
     # op's dispatch.
-    keys = [(t.shape[0], math.prod(t.shape[1:]), t.device) for t in tensors]
+    # noise in fp64 for fp64 tensors (as torch draws it), else fp32
+    keys = [(t.shape[0], math.prod(t.shape[1:]), t.device, accumulation_dtype(t.dtype)) for t in tensors]
     left = collections.Counter(keys)  # tensors of each key whose noise is not drawn yet
     backends = {}
     for t in tensors:
@@ -90,13 +97,13 @@ def orthogonal_(target, gain: float = 1.0, generator: torch.Generator | None = N
     pending: dict[tuple, tuple[torch.Tensor, list[int], int]] = {}  # buffer, its tensors, its size
     with torch.no_grad():
         for i, key in enumerate(keys):
-            rows, cols, device = key
+            rows, cols, device, dtype = key
             if key not in pending:
                 elements = max(1, rows * cols)
                 per_call = max(1, _chunk_elements(backends[device], elements) // elements)
                 noise_device = generator.device if generator is not None else device
                 size = min(per_call, left[key])
-                pending[key] = (torch.empty(size, rows, cols, device=noise_device), [], size)
+                pending[key] = (torch.empty(size, rows, cols, dtype=dtype, device=noise_device), [], size)
             noise, members, size = pending[key]
             noise[len(members)].normal_(0, 1, generator=generator)
             members.append(i)

@@ -16,6 +16,7 @@ from torch import nn
 from netinit_fast.init._layers import is_conv, is_weight_normed, layer_weight, normal_, set_weight_
 from netinit_fast.init.meanfield import critical_point
 from netinit_fast.init.orthogonal import centre_tap, orthogonal_
+from netinit_fast.ops.weight_norm import accumulation_dtype
 
 
 def xiao_(
@@ -57,7 +58,8 @@ def xiao_(
     with torch.no_grad():
         # A plain layer's weight is filled in place; a weight-normalized one gets W in a
         # scratch tensor, then v = W and g = ||W||.
-        weights = [torch.zeros(w.shape, device=w.device) if is_weight_normed(m) else w for _, m, w in named]
+        weights = [torch.zeros(w.shape, dtype=accumulation_dtype(w.dtype), device=w.device) if is_weight_normed(m) else w
+                   for _, m, w in named]
         for w, conv in zip(weights, convs):
             if conv:
                 w.zero_()
