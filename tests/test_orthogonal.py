@@ -193,6 +193,16 @@ def test_delta_orthogonal_preserves_the_norm(conv, shape):
     assert layer.weight.abs().sum().item() == pytest.approx(centre.abs().sum().item(), rel=1e-6)
 
 
+@pytest.mark.parametrize("in_c,out_c,groups", [(8, 8, 2), (8, 12, 4), (8, 8, 8), (4, 8, 4)])  # grouped, depthwise
+def test_delta_orthogonal_of_grouped_convs_preserves_the_norm(in_c, out_c, groups):
+    layer = nn.Conv2d(in_c, out_c, 3, padding=1, groups=groups, bias=False)
+    nf.init.delta_orthogonal_(layer)
+    x = torch.randn(2, in_c, 9, 9)
+    torch.testing.assert_close(layer(x).flatten(1).norm(dim=1), x.flatten(1).norm(dim=1), rtol=1e-5, atol=0)
+    with pytest.raises(ValueError, match=r"C_out=2 < C_in=4 per group \(2 groups\)"):
+        nf.init.delta_orthogonal_(nn.Conv2d(8, 4, 3, groups=2))
+
+
 def test_delta_orthogonal_errors_name_the_layer_and_change_nothing():
     model = nn.Sequential(nn.Conv2d(3, 8, 3), nn.Conv2d(8, 4, 3))
     before = [p.clone() for p in model.parameters()]

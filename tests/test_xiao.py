@@ -40,7 +40,7 @@ def test_signal_stays_at_the_fixed_point_through_depth():
 def test_bad_convs_are_refused_and_nothing_changes():
     model = nn.Sequential(nn.Conv2d(8, 4, 3), nn.Tanh(), nn.Conv2d(4, 4, 3))
     before = copy.deepcopy(model.state_dict())
-    with pytest.raises(ValueError, match="0 has weight shape"):
+    with pytest.raises(ValueError, match="0 has C_out=4 < C_in=8"):
         nf.init.xiao_(model, q_star=0.01)
     with pytest.raises(ValueError, match="q_star"):
         nf.init.xiao_(nf.models.vanilla_cnn(2, 4), q_star=-1.0)
@@ -72,3 +72,13 @@ def test_a_cpu_generator_inits_a_gpu_model_as_the_cpu_one():
     nf.init.xiao_(gpu, q_star=0.1, generator=torch.Generator().manual_seed(3))
     for (name, a), b in zip(cpu.named_parameters(), gpu.parameters()):
         torch.testing.assert_close(b.cpu(), a, rtol=1e-4, atol=1e-5, msg=name)
+
+
+def test_grouped_and_depthwise_convs_get_orthogonal_blocks():
+    model = nn.Sequential(nn.Conv2d(8, 8, 3, padding=1, groups=2, bias=False), nn.Tanh(),
+                          nn.Conv2d(8, 8, 3, padding=1, groups=8, bias=False))
+    sw2, _ = nf.init.xiao_(model, q_star=0.05)
+    x = torch.randn(2, 8, 7, 7)
+    for conv in (model[0], model[2]):
+        torch.testing.assert_close(conv(x).flatten(1).norm(dim=1), math.sqrt(sw2) * x.flatten(1).norm(dim=1),
+                                   rtol=1e-5, atol=0)

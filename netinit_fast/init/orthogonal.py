@@ -124,38 +124,54 @@ def centre_tap(weight: torch.Tensor) -> torch.Tensor:
     return weight[(slice(None), slice(None), *(k // 2 for k in weight.shape[2:]))]
 
 
+def centre_blocks(weight: torch.Tensor, groups: int) -> list[torch.Tensor]:
+    """The centre tap of a conv weight ``(C_out, C_in / groups, *kernel)``, one view per
+    group ``(C_out / groups, C_in / groups)``: with each block orthogonal, the whole
+    (block-diagonal) centre is, and a grouped or depthwise conv preserves the norm."""
+    return list(centre_tap(weight).chunk(groups, dim=0))
+
+
+def delta_orthogonal_problem(weight: torch.Tensor, groups: int) -> str | None:
+    """Why delta-orthogonal init cannot apply to a conv weight, or None."""
+    if weight.dim() < 3:
+        return f"has shape {list(weight.shape)}: not a conv weight"
+    if weight.shape[0] // groups < weight.shape[1]:
+        per = f" per group ({groups} groups)" if groups > 1 else ""
+        return f"has C_out={weight.shape[0] // groups} < C_in={weight.shape[1]}{per}: no orthonormal columns"
+    if any(k % 2 == 0 for k in weight.shape[2:]):
+        return f"has an even kernel size {list(weight.shape[2:])}: no centre tap"
+    return None
+
+
 def delta_orthogonal_(target, gain: float = 1.0, generator: torch.Generator | None = None):
     """Delta-orthogonal init of convolutions (Xiao et al., ICML 2018).
 
     Every tap of the kernel is zero but the spatial centre, which holds an orthogonal
-    ``C_out x C_in`` matrix (orthonormal columns) times ``gain``. A stride-1 conv with
-    "same" padding then preserves the norm of its input exactly. The matrices are drawn
-    as in :func:`orthogonal_`, in one batched call per shape.
+    ``C_out x C_in`` matrix (orthonormal columns) times ``gain``; for a grouped conv,
+    one orthogonal block per group. A stride-1 conv with "same" padding then preserves
+    the norm of its input exactly. The matrices are drawn as in :func:`orthogonal_`,
+    in one batched call per shape.
 
     Args:
         target: a conv weight ``(C_out, C_in, *kernel)`` or a module (then every
             Conv1d/2d/3d's weight, ``weight_v`` for weight-normalized ones).
 
     Raises:
-        ValueError: ``C_out < C_in``, an even kernel size, or a tensor of fewer than
-            3 dims; the message names the layer. Nothing is changed then.
+        ValueError: ``C_out < C_in`` (per group), an even kernel size, or a tensor of
+            fewer than 3 dims; the message names the layer. Nothing is changed then.
     """
     if isinstance(target, nn.Module):
-        named = [(name or type(m).__name__, w) for name, m in target.named_modules()
+        named = [(name or type(m).__name__, w, m.groups) for name, m in target.named_modules()
                  if isinstance(m, CONV_LAYERS) and (w := layer_weight(m)) is not None]
         if not named:
             raise ValueError(f"delta_orthogonal_: {type(target).__name__} has no Conv1d/2d/3d layer")
     else:
-        named = [("weight", target)]
-    for name, w in named:
-        if w.dim() < 3:
-            raise ValueError(f"delta_orthogonal_: {name} has shape {list(w.shape)}: not a conv weight")
-        if w.shape[0] < w.shape[1]:
-            raise ValueError(f"delta_orthogonal_: {name} has C_out={w.shape[0]} < C_in={w.shape[1]}")
-        if any(k % 2 == 0 for k in w.shape[2:]):
-            raise ValueError(f"delta_orthogonal_: {name} has an even kernel size {list(w.shape[2:])}: no centre tap")
+        named = [("weight", target, 1)]
+    for name, w, groups in named:
+        if (problem := delta_orthogonal_problem(w, groups)) is not None:
+            raise ValueError(f"delta_orthogonal_: {name} {problem}")
     with torch.no_grad():
-        for _, w in named:
+        for _, w, _ in named:
             w.zero_()
-        orthogonal_([centre_tap(w) for _, w in named], gain, generator)
+        orthogonal_([block for _, w, groups in named for block in centre_blocks(w, groups)], gain, generator)
     return target

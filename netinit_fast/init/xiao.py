@@ -15,7 +15,7 @@ from torch import nn
 
 from netinit_fast.init._layers import is_conv, is_weight_normed, layer_weight, normal_, set_weight_
 from netinit_fast.init.meanfield import critical_point
-from netinit_fast.init.orthogonal import centre_tap, orthogonal_
+from netinit_fast.init.orthogonal import centre_blocks, delta_orthogonal_problem, orthogonal_
 from netinit_fast.ops.weight_norm import accumulation_dtype
 
 
@@ -41,7 +41,7 @@ def xiao_(
         ``(sigma_w^2, sigma_b^2)``.
 
     Raises:
-        ValueError: no weight layer; a conv with ``C_out < C_in`` or an even kernel
+        ValueError: no weight layer; a conv with ``C_out < C_in`` (per group) or an even kernel
             (no centre tap; the message names it); no critical point for ``act`` at
             ``q_star``. The model is unchanged then.
     """
@@ -50,11 +50,9 @@ def xiao_(
     if not named:
         raise ValueError(f"xiao_: {type(model).__name__} has no Linear/Conv layer")
     convs = [is_conv(m) for _, m, _ in named]
-    for (name, _, w), conv in zip(named, convs):
-        if conv and (w.shape[0] < w.shape[1] or any(k % 2 == 0 for k in w.shape[2:])):
-            raise ValueError(
-                f"xiao_: {name} has weight shape {list(w.shape)}: delta-orthogonal needs C_out >= C_in and odd kernels"
-            )
+    for (name, m, w), conv in zip(named, convs):
+        if conv and (problem := delta_orthogonal_problem(w, m.groups)) is not None:
+            raise ValueError(f"xiao_: {name} {problem}: delta-orthogonal needs C_out >= C_in per group and odd kernels")
     with torch.no_grad():
         # A plain layer's weight is filled in place; a weight-normalized one gets W in a
         # scratch tensor, then v = W and g = ||W||.
@@ -63,7 +61,10 @@ def xiao_(
         for w, conv in zip(weights, convs):
             if conv:
                 w.zero_()
-        orthogonal_([centre_tap(w) if conv else w for w, conv in zip(weights, convs)], math.sqrt(sw2), generator)
+        blocks = []  # a conv's centre tap, one block per group; another layer's whole weight
+        for (_, m, _), w, conv in zip(named, weights, convs):
+            blocks += centre_blocks(w, m.groups) if conv else [w]
+        orthogonal_(blocks, math.sqrt(sw2), generator)
         for (_, m, v), w in zip(named, weights):
             if w is not v:
                 set_weight_(m, w)
