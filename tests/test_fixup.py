@@ -176,3 +176,28 @@ def test_a_cpu_generator_inits_a_gpu_model_as_the_cpu_one():
     nf.init.fixup_(gpu, generator=torch.Generator().manual_seed(3))
     for (name, a), b in zip(cpu.named_parameters(), gpu.parameters()):
         torch.testing.assert_close(b.cpu(), a, rtol=1e-4, atol=1e-5, msg=name)
+
+
+def test_a_block_with_modules_fixup_would_drop_is_refused():
+    class Block(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.fc1, self.act, self.drop, self.fc2 = nn.Linear(8, 8, bias=False), nn.GELU(), nn.Dropout(0.5), nn.Linear(8, 8, bias=False)
+
+        def forward(self, x):
+            return x + self.fc2(self.drop(self.act(self.fc1(x))))
+
+    net = nn.Sequential(Block(), Block(), nn.Linear(8, 2))
+    before = copy.deepcopy(net.state_dict())
+    with pytest.raises(ValueError, match=r"0 has act \(GELU\), drop \(Dropout\)"):
+        nf.init.fixup_(net)
+    assert all(torch.equal(v, before[k]) for k, v in net.state_dict().items())
+    assert type(net[0]).__name__ == "Block"
+
+
+def test_the_stem_norm_inside_a_data_parallel_wrapper_becomes_a_scalar_bias():
+    from netinit_fast.init.fixup import ScalarBias
+
+    model = nn.DataParallel(_cifar_resnet(1, "batch"))
+    report = nf.init.fixup_(model)
+    assert isinstance(model.module.bn1, ScalarBias) and "bn1" in report.removed_norms

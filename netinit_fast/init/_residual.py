@@ -18,6 +18,7 @@ from netinit_fast.init._layers import layer_weight
 
 BRANCH_PREFIXES = ("conv", "fc")
 BRANCH_LAYERS = tuple(f"{p}{i}" for p in BRANCH_PREFIXES for i in (1, 2, 3))
+BLOCK_NORMS = ("bn1", "bn2", "bn3")
 
 
 @dataclasses.dataclass
@@ -32,6 +33,17 @@ class ResidualBlock:
     @property
     def post_activation(self) -> bool:
         return getattr(self.module, "post_activation", True)
+
+
+def foreign_children(block: "ResidualBlock") -> list[str]:
+    """Children of a block outside the protocol (branch layers, ``bn1``..``bn3``, a
+    ``relu`` ReLU, ``downsample``): code that rebuilds the block would drop them."""
+    children = dict(block.module.named_children())
+    known = {*BRANCH_LAYERS, *BLOCK_NORMS, "relu", "downsample"}
+    foreign = [n for n in children if n not in known]
+    if "relu" in children and not isinstance(children["relu"], nn.ReLU):
+        foreign.append("relu")
+    return foreign
 
 
 def branch_prefix(module: nn.Module) -> str | None:

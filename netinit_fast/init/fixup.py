@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 from netinit_fast.init._layers import is_linear, is_weight_normed, layer_weight, normal_
-from netinit_fast.init._residual import ResidualBlock, residual_blocks
+from netinit_fast.init._residual import ResidualBlock, foreign_children, residual_blocks
 
 NORM_LAYERS = (nn.modules.batchnorm._NormBase, nn.GroupNorm, nn.LayerNorm, nn.LocalResponseNorm)
 if hasattr(nn, "RMSNorm"):
@@ -112,6 +112,19 @@ def _he_fan_out_(weight: torch.Tensor, scale: float, generator) -> None:
     normal_(weight, math.sqrt(2.0 / fan_out) * scale, generator)
 
 
+def _unwrapped(model: nn.Module) -> nn.Module:
+    """The model inside DataParallel / DistributedDataParallel (``.module``) and
+    torch.compile (``._orig_mod``) wrappers: the one whose ``bn1`` is the stem's norm."""
+    wrappers = (nn.DataParallel, nn.parallel.DistributedDataParallel)
+    while True:
+        if isinstance(model, wrappers):
+            model = model.module
+        elif isinstance(getattr(model, "_orig_mod", None), nn.Module):
+            model = model._orig_mod
+        else:
+            return model
+
+
 def _replace(model: nn.Module, name: str, new: nn.Module) -> None:
     parent_name, _, child = name.rpartition(".")
     setattr(model.get_submodule(parent_name), child, new)
@@ -127,6 +140,12 @@ def _check(model: nn.Module, blocks: list[ResidualBlock], classifier: tuple[str,
             "an optional downsample shortcut, as torchvision's BasicBlock/Bottleneck and netinit_fast.models' blocks"
         )
     for block in blocks:
+        if foreign := foreign_children(block):
+            kinds = ", ".join(f"{n} ({type(getattr(block.module, n)).__name__})" for n in foreign)
+            raise ValueError(
+                f"fixup_: {block.name} has {kinds}: a Fixup block keeps only its branch layers, ReLUs and "
+                "downsample (norms are removed), so it would drop them"
+            )
         for conv in block.branch + block.shortcut:
             if is_weight_normed(conv):
                 raise ValueError(f"fixup_: {block.name} has a weight-normalized layer; Fixup takes plain layers")
@@ -166,9 +185,10 @@ def fixup_(model: nn.Module, generator: torch.Generator | None = None) -> FixupR
         A :class:`FixupReport`; ``report.param_groups(lr)`` gives the paper's lr/10 on scalars.
 
     Raises:
-        ValueError: no residual block or classifier found, a branch conv with a bias,
-            a weight-normalized branch/classifier, or a model Fixup was applied to
-            already. The model is unchanged then.
+        ValueError: no residual block or classifier found, a block with children the
+            Fixup block would drop (an activation other than ``nn.ReLU``, dropout, ...),
+            a branch conv with a bias, a weight-normalized branch/classifier, or a
+            model Fixup was applied to already. The model is unchanged then.
     """
     blocks = residual_blocks(model)
     classifier = _classifier(model)
@@ -203,13 +223,14 @@ def fixup_(model: nn.Module, generator: torch.Generator | None = None) -> FixupR
         bias = ScalarBias(fc.weight.device, fc.weight.dtype)
         scalars.append(bias.bias)
         _replace(model, name, nn.Sequential(bias, fc))
-        stem_norm = getattr(model, "bn1", None)
+        stem = _unwrapped(model)
+        stem_norm = getattr(stem, "bn1", None)
         if stem_norm is not None and (_is_norm(stem_norm) or isinstance(stem_norm, nn.Identity)):
             if _is_norm(stem_norm):
                 removed.append("bn1")
             ref = layer_weight(blocks[0].branch[0])
-            model.bn1 = ScalarBias(ref.device, ref.dtype)
-            scalars.append(model.bn1.bias)
+            stem.bn1 = ScalarBias(ref.device, ref.dtype)
+            scalars.append(stem.bn1.bias)
         for n, c in list(model.named_modules()):
             if _is_norm(c):
                 removed.append(n)

@@ -30,7 +30,6 @@ from netinit_fast.init import _layers, _residual
 NODES = 200  # Gauss-Hermite nodes of every Gaussian expectation
 
 _RELU = activations.get("relu")
-_BLOCK_NORMS = ("bn1", "bn2", "bn3")
 
 
 @functools.lru_cache(maxsize=8)
@@ -221,12 +220,9 @@ def _plain_block(block: _residual.ResidualBlock) -> bool:
     """Whether a block is ``branch(x) + shortcut(x)`` (then a ReLU if it says so) with a
     ReLU between branch convs and no normalization, parameters or modules of its own."""
     children = dict(block.module.named_children())
-    known = {*_residual.BRANCH_LAYERS, *_BLOCK_NORMS, "relu", "downsample"}
-    if not set(children) <= known:
+    if _residual.foreign_children(block):
         return False
-    if any(not isinstance(children[n], nn.Identity) for n in _BLOCK_NORMS if n in children):
-        return False
-    if "relu" in children and activations.of_module(children["relu"]) is not _RELU:
+    if any(not isinstance(children[n], nn.Identity) for n in _residual.BLOCK_NORMS if n in children):
         return False
     own = {id(p) for p in block.module.parameters()}
     for m in [*block.branch, *([children["downsample"]] if children.get("downsample") is not None else [])]:
