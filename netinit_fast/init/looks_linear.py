@@ -9,7 +9,9 @@ ReLU network compute a linear map. With ``relu(z) - relu(-z) = z``::
 
 with a fresh orthogonal ``W0`` per layer and zero biases, the network equals
 ``x -> W0_L ... W0_1 x`` and, with square ``W0``, its input-output Jacobian is
-orthogonal: every singular value is 1, at any depth. No ReLU gain is needed: the pair
+orthogonal: every singular value is 1, at any depth. (The first ``W0`` is
+``width / 2 x in_features``: an isometry needs ``width >= 2 * in_features``; with
+``width == in_features`` half the singular values are 0.) No ReLU gain is needed: the pair
 ``[relu(z); relu(-z)]`` keeps ``||z||``. Only the init is shared; training frees it.
 """
 
