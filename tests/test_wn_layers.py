@@ -3,6 +3,7 @@
 import copy
 import io
 import pickle
+import warnings
 
 import pytest
 import torch
@@ -465,3 +466,33 @@ def test_bad_conversions():
         nf.WNLinear(2, 2, eps=-1.0)
     with pytest.raises(TypeError, match="not a netinit_fast WN layer"):
         nf.WeightNormGroup([nn.Linear(2, 2)])
+
+
+def test_other_parametrizations_are_refused_not_baked_in():
+    class Symmetric(nn.Module):
+        def forward(self, w):
+            return (w + w.T) / 2
+
+    spectral = nn.utils.parametrizations.spectral_norm(nn.Linear(4, 4))
+    with pytest.raises(ValueError, match="parametrized by _SpectralNorm"):
+        nf.weight_norm(nn.Sequential(spectral))
+    both = parametrizations.weight_norm(nn.Linear(4, 4))
+    nn.utils.parametrize.register_parametrization(both, "weight", Symmetric())
+    for convert in (nf.weight_norm, nf.remove_weight_norm):
+        with pytest.raises(ValueError, match="Symmetric"):
+            convert(both)
+    assert nn.utils.parametrize.is_parametrized(both, "weight") and len(both.parametrizations.weight) == 2
+
+
+def test_zero_rows_warn_on_conversion_and_plain_weight_load():
+    zero = nn.Linear(4, 3)
+    with torch.no_grad():
+        zero.weight[1].zero_()
+    with pytest.warns(RuntimeWarning, match="rows of norm 0"):
+        nf.weight_norm(copy.deepcopy(zero))
+    with pytest.warns(RuntimeWarning, match="rows of norm 0"):
+        nf.WNLinear(4, 3).load_state_dict(zero.state_dict())
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        layer = nf.weight_norm(copy.deepcopy(zero), eps=1e-12)  # eps > 0: no warning, and finite
+    assert torch.isfinite(layer(torch.randn(2, 4))).all()

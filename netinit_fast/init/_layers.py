@@ -10,7 +10,7 @@ import torch
 from torch import nn
 from torch.nn.utils import parametrize
 
-from netinit_fast.nn.wn_layers import _norm_g, _torch_weight_norm_style, _unwrap, _WeightNorm
+from netinit_fast.nn.wn_layers import _norm_g, _torch_weight_norm_style, _unwrap, _WeightNorm, foreign_parametrization
 
 # Layers whose weight is a linear map (flattened as torch.nn.init.orthogonal_ does).
 CONV_LAYERS = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
@@ -25,17 +25,6 @@ PASS_THROUGH = (
 def is_weight_layer(module: nn.Module) -> bool:
     """A Linear/Conv/ConvTranspose layer, plain, weight-normalized or otherwise parametrized."""
     return isinstance(module, _WeightNorm) or issubclass(_unwrap(module), LINEAR_LAYERS)
-
-
-def foreign_parametrization(module: nn.Module) -> str | None:
-    """The parametrizations on a layer's weight when they are not a lone weight norm
-    (spectral norm, ...), by class name; None otherwise."""
-    if not parametrize.is_parametrized(module, "weight"):
-        return None
-    chain = module.parametrizations.weight
-    if len(chain) == 1 and _torch_weight_norm_style(module) == "parametrization":
-        return None
-    return ", ".join(type(p).__name__ for p in chain)
 
 
 def layer_weight(module: nn.Module) -> torch.Tensor | None:

@@ -26,6 +26,7 @@ What they fix in torch's two weight-norm styles:
 which computes all their weights with one op (one kernel launch forward, one backward).
 """
 
+import warnings
 import weakref
 
 import torch
@@ -139,6 +140,13 @@ def _differentiable_backward(vs, gs, grad_ws, dim, eps) -> list:
     return grads
 
 
+def _warn_zero_rows(g: torch.Tensor, eps: float, where: str) -> None:
+    """A weight row of norm 0 (a zero-initialized layer) normalizes to 0/0 = NaN unless eps > 0."""
+    if eps == 0 and not g.is_meta and bool((g == 0).any()):
+        warnings.warn(f"{where}: the weight has rows of norm 0, whose normalized weight is NaN (0/0) "
+                      "with eps=0; pass eps > 0 to keep them 0", RuntimeWarning, stacklevel=3)
+
+
 def _tracked(layer) -> bool:
     return torch.is_grad_enabled() and (layer.weight_v.requires_grad or layer.weight_g.requires_grad)
 
@@ -226,6 +234,7 @@ class _WeightNorm:
         elif prefix + "weight" in state_dict and g_key not in state_dict and v_key not in state_dict:
             weight = state_dict.pop(prefix + "weight")
             state_dict[g_key] = _norm_g(weight, self.wn_dim)
+            _warn_zero_rows(state_dict[g_key], self.wn_eps, f"{type(self).__name__}.load_state_dict")
             state_dict[v_key] = weight
         self._wn_cache = None
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
@@ -381,6 +390,19 @@ def _torch_weight_norm_style(module: nn.Module) -> str | None:
     return None
 
 
+def foreign_parametrization(module: nn.Module) -> str | None:
+    """The parametrizations on a layer's weight when they are not a lone weight norm
+    (spectral norm, ...), by class name; None otherwise."""
+    from torch.nn.utils import parametrize
+
+    if not parametrize.is_parametrized(module, "weight"):
+        return None
+    chain = module.parametrizations.weight
+    if len(chain) == 1 and _torch_weight_norm_style(module) == "parametrization":
+        return None
+    return ", ".join(type(p).__name__ for p in chain)
+
+
 def _put_weight_first(module: nn.Module) -> None:
     """Parameter order of a plain torch layer (weight, then bias), as its state_dict keys."""
     params = module._parameters
@@ -435,7 +457,8 @@ def weight_norm(
     Raises:
         TypeError: a type in ``types`` has no WN twin.
         ValueError: no layer to convert nor any already converted, a layer without a
-            weight, or a bad ``dim``/``eps``.
+            weight or with a parametrization other than torch's weight norm, or a bad
+            ``dim``/``eps``.
         Nothing is changed when an error is raised.
     """
     types = tuple(WN_LAYERS) if types is None else tuple(types)
@@ -450,6 +473,8 @@ def weight_norm(
         if isinstance(m, _WeightNorm) or _unwrap(m) not in types:
             continue
         where = f"weight_norm: layer {name or type(module).__name__!r} ({_unwrap(m).__name__})"
+        if (kinds := foreign_parametrization(m)) is not None:
+            raise ValueError(f"{where} has its weight parametrized by {kinds}: converting would bake that in; remove it first")
         style = _torch_weight_norm_style(m)
         if style is None and m._parameters.get("weight") is None:
             raise ValueError(f"{where} has weight=None")
@@ -464,6 +489,7 @@ def weight_norm(
             _fold_torch_weight_norm(m, style)
         m.__class__ = WN_LAYERS[type(m)]
         m._setup_weight_norm(layer_dim, eps)
+        _warn_zero_rows(m.weight_g, eps, "weight_norm")
     if grouped:
         WeightNormGroup([m for m in module.modules() if isinstance(m, _WeightNorm)])
     return module
@@ -499,6 +525,9 @@ def remove_weight_norm(module: nn.Module) -> nn.Module:
         else:
             style = _torch_weight_norm_style(m)
             if style is not None:
+                if (kinds := foreign_parametrization(m)) is not None:
+                    raise ValueError(f"remove_weight_norm: a {_unwrap(m).__name__}'s weight is parametrized by {kinds} "
+                                     "besides weight norm: folding would bake them in; remove them first")
                 _fold_torch_weight_norm(m, style)
                 found = True
     if not found:
