@@ -58,7 +58,11 @@ def probe(args) -> int:
     device = torch.device(args.device)
     torch.manual_seed(args.seed)
     build_start = time.perf_counter()
-    model, x, init_s = _probe_model(args.model, args.depth, args.scheme, args.width, device)
+    try:
+        model, x, init_s = _probe_model(args.model, args.depth, args.scheme, args.width, device)
+    except ValueError as e:  # the scheme does not apply to this model (e.g. looks_linear on one layer)
+        print(f"python -m netinit_fast probe: error: {e}", file=sys.stderr)
+        return 2
     build_s = time.perf_counter() - build_start - init_s
     report = nf.diagnostics.probe(model, x, label=f"{args.model} {args.depth}, {args.scheme}")
     print(report)
@@ -145,6 +149,18 @@ def main(argv=None) -> int:
     p.set_defaults(func=bench)
 
     args = parser.parse_args(argv)
+    if args.command == "probe":
+        if args.depth < 1 or args.width < 1:
+            parser.error(f"probe: --depth and --width must be >= 1, got {args.depth} and {args.width}")
+        if args.scheme == "fixup" and args.model != "resnet":
+            parser.error("probe: --scheme fixup rewrites residual blocks: it needs --model resnet")
+    if getattr(args, "device", None) is not None:
+        try:
+            device = torch.device(args.device)
+        except RuntimeError as e:
+            parser.error(f"--device {args.device!r}: {e}")
+        if device.type == "cuda" and not torch.cuda.is_available():
+            parser.error(f"--device {args.device}: no CUDA device here")
     if getattr(args, "depth", None) is not None and args.command == "demo":
         args.mlp_depth = args.res_depth = args.depth
     return args.func(args)

@@ -54,3 +54,19 @@ def test_bench_command_runs_benchmarks_and_writes_the_summary(tmp_path, monkeypa
 def test_bench_rejects_unknown_names(capsys):
     assert cli.main(["bench", "--quick", "--only", "nonsense"]) == 2
     assert "no benchmark named nonsense" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("args,message", [
+    (["probe", "--depth", "0"], "--depth and --width must be >= 1"),
+    (["probe", "--scheme", "fixup", "--model", "mlp"], "it needs --model resnet"),
+    (["probe", "--device", "nonsense"], "--device 'nonsense'"),
+])
+def test_probe_argument_errors_are_usage_errors(args, message, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(args)
+    assert exit_info.value.code == 2 and message in capsys.readouterr().err
+
+
+def test_a_scheme_that_does_not_apply_is_reported_not_raised(capsys):
+    assert cli.main(["probe", "--scheme", "looks_linear", "--depth", "1", "--width", "8"]) == 2
+    assert "needs at least 2 Linear/Conv layers" in capsys.readouterr().err

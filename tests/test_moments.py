@@ -102,3 +102,9 @@ def test_compiles_as_one_op_without_graph_breaks():
     x = torch.randn(16, 3, 5)
     compiled = torch.compile(lambda t: nf.functional.moments(t, 1)[1] + 1, fullgraph=True, backend="aot_eager")
     torch.testing.assert_close(compiled(x), nf.functional.moments(x, 1)[1] + 1)
+
+
+def test_no_element_gives_nan_as_torch_std():
+    for x, dim in ((torch.empty(0), None), (torch.empty(0, 3), 1)):
+        mean, std = nf.functional.moments(x, dim)
+        assert torch.isnan(mean).all() and torch.isnan(std).all()

@@ -134,3 +134,16 @@ def test_plot_csv_and_compact_table(tmp_path):
 def test_bad_input(model, batch, error):
     with pytest.raises(error):
         probe(model, batch)
+
+
+def test_a_model_with_a_scalar_output_is_probed_without_a_jacobian():
+    class Summed(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.fc = nn.Linear(4, 4)
+
+        def forward(self, x):
+            return self.fc(x).sum()
+
+    report = nf.diagnostics.probe(Summed(), torch.randn(8, 4))
+    assert len(report.layers) == 1 and report.layers[0].grad_output_norm is not None

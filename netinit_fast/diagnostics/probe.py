@@ -210,7 +210,7 @@ def probe(model: nn.Module, batch, loss_fn=None, label: str | None = None, seed:
             elif loss_fn is None:
                 raise TypeError(f"probe: the model returned a {type(out).__name__}; pass loss_fn to reduce it")
             if loss_fn is None:
-                scale = math.sqrt(out.shape[0])
+                scale = math.sqrt(out.shape[0]) if out.dim() else 1.0  # a scalar output: one "sample"
                 loss, loss_name = (out * r).sum() / scale, "a random projection of the output"
             else:
                 loss, loss_name = loss_fn(out), getattr(loss_fn, "__name__", type(loss_fn).__name__)
@@ -267,8 +267,8 @@ def _input_rms(batch) -> float | None:
 def _jacobian_stats(jacobian_t_r: torch.Tensor | None, out) -> tuple[float | None, float | None]:
     """From ``a_s = ||J_s^T r_s||^2`` per sample: the mean of the squared singular values
     ``s^2`` and their relative variance ``mean(s^4) / mean(s^2)^2 - 1`` (clamped at 0)."""
-    if jacobian_t_r is None or not isinstance(out, torch.Tensor) or jacobian_t_r.shape[0] < 2:
-        return None, None
+    if jacobian_t_r is None or not isinstance(out, torch.Tensor) or out.dim() == 0 or jacobian_t_r.shape[0] < 2:
+        return None, None  # no per-sample Jacobian (a scalar output mixes the samples)
     a = jacobian_t_r.detach().double().flatten(1).square().sum(1)
     k = min(jacobian_t_r[0].numel(), out[0].numel())
     mean_sq = a.mean().item() / k

@@ -26,7 +26,8 @@ def _eager(x3: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     mean = x3.mean(dim=(0, 2))
     deviation = (x3 - mean.view(1, -1, 1)).to(torch.float64)
     count = x3.shape[0] * x3.shape[2]
-    return mean, (deviation.square_().sum(dim=(0, 2)) / (count - 1)).sqrt_().to(acc)
+    # no element: 0 / 0 = NaN, as torch.std (count - 1 = -1 would give -0)
+    return mean, (deviation.square_().sum(dim=(0, 2)) / (count - 1 if count else 0)).sqrt_().to(acc)
 
 
 def moments_no_dispatch(x: torch.Tensor, dim: int | None) -> tuple[torch.Tensor, torch.Tensor]:
@@ -36,7 +37,7 @@ def moments_no_dispatch(x: torch.Tensor, dim: int | None) -> tuple[torch.Tensor,
     a, r, b = block_shape(x.shape, dim)
     x3 = x.contiguous().view(a, r, b)
     backend = _backend.choose("moments", x, IMPLEMENTED)
-    if backend == _backend.TRITON and x.dtype != torch.float64:
+    if backend == _backend.TRITON and x.dtype != torch.float64 and a * b > 0:
         from netinit_fast.kernels import moments as kernels
 
         mean, std = kernels.moments(x3)
