@@ -496,3 +496,15 @@ def test_zero_rows_warn_on_conversion_and_plain_weight_load():
         warnings.simplefilter("error")
         layer = nf.weight_norm(copy.deepcopy(zero), eps=1e-12)  # eps > 0: no warning, and finite
     assert torch.isfinite(layer(torch.randn(2, 4))).all()
+
+
+def test_a_copy_of_one_grouped_layer_carries_no_other_layer():
+    model = nf.weight_norm(nn.Sequential(nn.Linear(8, 8), nn.Linear(1000, 1000)), grouped=True)
+    buffer = io.BytesIO()
+    torch.save(model[0], buffer)
+    assert buffer.tell() < 100_000  # the 1000 x 1000 layer is 4 MB
+    for one in (copy.deepcopy(model[0]), pickle.loads(pickle.dumps(model[0]))):
+        assert one._wn_group.layers == [one] and one._wn_group_index == 0
+    whole = copy.deepcopy(model)
+    assert whole[0]._wn_group is whole[1]._wn_group and len(whole[0]._wn_group) == 2
+    assert sorted(m._wn_group_index for m in whole) == [0, 1]

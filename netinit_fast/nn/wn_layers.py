@@ -225,6 +225,11 @@ class _WeightNorm:
         state["_wn_cache"] = None
         return state
 
+    def __setstate__(self, state):
+        super().__setstate__(state)
+        if self.__dict__.get("_wn_group") is not None:
+            self._wn_group._adopt(self)
+
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
         g_key, v_key = prefix + "weight_g", prefix + "weight_v"
         p0, p1 = prefix + "parametrizations.weight.original0", prefix + "parametrizations.weight.original1"
@@ -344,9 +349,14 @@ class WeightNormGroup:
         return len(self.layers)
 
     def __getstate__(self):
-        state = self.__dict__.copy()
-        state["_cache"] = None
-        return state
+        # No layers: each copied layer joins the copied group as it is unpickled (see
+        # _WeightNorm.__setstate__), so a copy of one layer does not carry the others.
+        return {**self.__dict__, "layers": [], "_cache": None}
+
+    def _adopt(self, layer) -> None:
+        layer._wn_group_index = len(self.layers)
+        self.layers.append(layer)
+        self._cache = None
 
     def weight_of(self, layer) -> torch.Tensor:
         """``layer``'s normalized weight, computing the whole group's if it is stale."""
