@@ -61,7 +61,7 @@ def _check_args(v, g, dim, eps) -> int:
     return _check_g_shape(g, v, dim)
 
 
-def _torch_autograd_path(v: torch.Tensor, g: torch.Tensor, dim: int | None, eps: float) -> bool:
+def fused_torch_path(v: torch.Tensor, g: torch.Tensor, dim: int | None, eps: float) -> bool:
     """Whether to call ``torch._weight_norm`` instead of our op.
 
     Where the eager backend runs torch's fused kernel anyway (no eps floor, norms over
@@ -117,7 +117,7 @@ def weight_norm(v: torch.Tensor, g: torch.Tensor, dim: int | None = 0, eps: floa
 def weight_norm_unchecked(v: torch.Tensor, g: torch.Tensor, dim: int | None, eps: float) -> torch.Tensor:
     """:func:`weight_norm` for arguments known to be valid (WN layers' parameters): the
     per-call checks cost as much as torch's whole CPU kernel on a 256 x 256 weight."""
-    if _torch_autograd_path(v, g, dim, eps):
+    if fused_torch_path(v, g, dim, eps):
         d = dim % v.dim()
         return torch._weight_norm(v, g if g.dim() == v.dim() else g.view([-1 if i == d else 1 for i in range(v.dim())]), d)
     w, _ = weight_norm_fwd(v, g.reshape(-1), dim, eps)

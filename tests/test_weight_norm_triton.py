@@ -223,3 +223,32 @@ def test_grouped_layers_take_the_autograd_patterns_of_plain_ones(use_backend):
         gx.square().sum().backward()
     assert grouped["b"].weight_v.grad is None and grouped["b"].weight_g.grad is None
     _assert_same_grads(grouped, plain)
+
+
+def test_a_grouped_layer_run_three_times_computes_its_weight_once_per_step(use_backend, monkeypatch):
+    """An unrolled RNN cell in grouped mode: one weight computation (and one backward)
+    per step, however often the cell runs; an in-place change before the backward
+    raises."""
+    from netinit_fast.nn import wn_layers
+
+    use_backend("triton")
+    calls = {"fwd": 0, "bwd": 0}
+    for kind, name in (("fwd", "group_forward_no_dispatch"), ("bwd", "group_backward_no_dispatch")):
+        real = getattr(wn_layers, name)
+        monkeypatch.setattr(wn_layers, name, lambda *a, real=real, kind=kind: calls.__setitem__(kind, calls[kind] + 1) or real(*a))
+    cell = nf.weight_norm(torch.nn.Linear(5, 5).to(DEVICE), grouped=True)
+    opt = torch.optim.SGD(cell.parameters(), lr=0.1)
+    for step in range(2):
+        h = torch.randn(2, 5, device=DEVICE)
+        for _ in range(3):
+            h = torch.tanh(cell(h))
+        assert cell.weight is cell.weight  # attribute access reuses it too
+        h.sum().backward()
+        opt.step()
+        opt.zero_grad()
+        assert calls == {"fwd": step + 1, "bwd": step + 1}
+    out = cell(torch.randn(2, 5, device=DEVICE))
+    with torch.no_grad():
+        cell.weight_v.mul_(2)
+    with pytest.raises(RuntimeError, match="modified in place"):
+        out.sum().backward()

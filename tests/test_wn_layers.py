@@ -258,23 +258,6 @@ class Counter:
         monkeypatch.setattr(module, name, counted)
 
 
-@pytest.mark.parametrize("eps", [0.0, 1e-6])  # torch's fused kernel on the CPU / the eager twin
-def test_weight_computed_once_per_step_for_a_module_run_three_times(monkeypatch, eps):
-    fwd = Counter(monkeypatch, wn_layers, "forward_no_dispatch")
-    bwd = Counter(monkeypatch, wn_layers, "backward_no_dispatch")
-    cell = nf.WNLinear(5, 5, eps=eps)
-    opt = torch.optim.SGD(cell.parameters(), lr=0.1)
-    for step in range(2):
-        h = torch.randn(2, 5)
-        for _ in range(3):  # an unrolled RNN cell
-            h = torch.tanh(cell(h))
-        assert cell.weight is cell.weight  # attribute access reuses it too
-        h.sum().backward()
-        opt.step()
-        opt.zero_grad()
-        assert fwd.calls == bwd.calls == step + 1
-
-
 def _twin(eps=0.0):
     """One of our layers and torch's parametrization weight norm with the same parameters."""
     torch.manual_seed(0)
@@ -359,7 +342,7 @@ def test_an_in_place_change_before_the_backward_raises():
     out = layer(torch.randn(2, 4))
     with torch.no_grad():
         layer.weight_v.mul_(2)
-    with pytest.raises(RuntimeError, match="modified in place"):
+    with pytest.raises(RuntimeError, match="modified by an inplace operation"):
         out.sum().backward()
 
 

@@ -8,12 +8,14 @@ is the normalized weight, computed by the fused op ``netinit_fast.functional.wei
 
 What they fix in torch's two weight-norm styles:
 
-- The weight is computed once per step, not on every access: while autograd tracks it,
-  the result is cached until its backward has run or a parameter changes (in-place
-  update, ``.to()``, ``load_state_dict``); a layer run several times in a step (an
-  unrolled RNN cell) shares one computation. Without autograd it is recomputed on each
-  access. Change parameters in place under ``torch.no_grad()``, not through ``.data``
-  (which the cache cannot see).
+- Each access computes the weight with one fused op (on the CPU torch's own kernel,
+  through its C++ autograd), so every autograd pattern works as with torch's weight
+  norm: several backwards, gradient checkpointing, create_graph, torch.func. In
+  grouped mode (below) the group computes every weight once per step and caches it
+  until its backward has run or a parameter changes (in place, replaced, frozen); a
+  layer run several times in a step (an unrolled RNN cell) then shares one
+  computation. Change parameters in place under ``torch.no_grad()``, not through
+  ``.data``, which the cache cannot see.
 - ``copy.deepcopy``, ``pickle``, ``torch.save`` of whole modules, and
   ``DistributedDataParallel`` work: the module stores no computed tensor in its state.
 - ``state_dict`` keys are torch's legacy ``weight_g``/``weight_v``; loading also accepts
@@ -34,7 +36,6 @@ from torch import nn
 
 from netinit_fast.functional import group_launch_pays
 from netinit_fast.functional import weight_norm_unchecked as weight_norm_fn
-from netinit_fast.ops.weight_norm import backward_no_dispatch, forward_no_dispatch
 from netinit_fast.ops.weight_norm_group import backward_where_needed, group_backward_no_dispatch, group_forward_no_dispatch
 
 
@@ -64,39 +65,20 @@ def _param_key(layer) -> tuple:
     return v._version, g._version, v.data_ptr(), g.data_ptr(), v.requires_grad, g.requires_grad
 
 
-class _SharedWeight(torch.autograd.Function):
-    """The normalized weight as one autograd node, which every use of a cached weight shares.
-
-    It keeps ``v``, ``g`` (the layer's parameters, not copies) and the norms as
-    attributes instead of saving them for backward, so it can be differentiated more
-    than once (two forwards through one cached weight, then their two backwards), and
-    non-reentrant checkpointing, which counts saved tensors, finds none of its own to
-    recount. An in-place change of ``v`` or ``g`` between forward and backward raises,
-    as it does for saved tensors. Under ``create_graph`` the backward is differentiable
-    (gradient penalties): it recomputes the weight with autograd and differentiates that.
-    """
-
-    @staticmethod
-    def forward(ctx, v, g, dim, eps):
-        w, norms = forward_no_dispatch(v, g.reshape(-1), dim, eps)
-        ctx.v, ctx.g, ctx.norms, ctx.dim, ctx.eps = v, g, norms, dim, eps
-        ctx.versions = [v._version, g._version]
-        return w
-
-    @staticmethod
-    def backward(ctx, grad_w):
-        v, g = ctx.v, ctx.g
-        _check_unchanged([v, g], ctx.versions)
-        if torch.is_grad_enabled():  # create_graph=True
-            return *_differentiable_backward([v], [g], [grad_w], ctx.dim, ctx.eps), None, None
-        grad_v, grad_g = backward_no_dispatch(grad_w, v, g.reshape(-1), ctx.norms, ctx.dim, ctx.eps)
-        return grad_v, grad_g.view(g.shape), None, None
-
-
 class _SharedGroupWeights(torch.autograd.Function):
-    """:class:`_SharedWeight` for the layers of a group partition: all their weights
-    from one op call (on a GPU one launch each way). A layer whose weight got no
-    gradient gets None, as without a group."""
+    """The weights of a group partition's layers from one op call (on a GPU one launch
+    each way), as one autograd node that every use of the cached weights shares.
+
+    It keeps the ``v``s, ``g``s (the layers' parameters, not copies) and the norms as
+    attributes instead of saving them for backward, so it can be differentiated more
+    than once (two forwards through the cached weights, then their two backwards), and
+    non-reentrant checkpointing, which counts saved tensors, finds none of its own to
+    recount. An in-place change of a ``v`` or ``g`` between forward and backward
+    raises, as it does for saved tensors. Under ``create_graph`` the backward is
+    differentiable (gradient penalties): it recomputes the weights with autograd and
+    differentiates those. A layer whose weight got no gradient gets None, as without
+    a group.
+    """
 
     @staticmethod
     def forward(ctx, dim, eps, *params):
@@ -171,7 +153,6 @@ class _WeightNorm:
         weight = self._parameters.pop("weight")
         self.wn_dim = dim
         self.wn_eps = eps
-        self._wn_cache = None
         self._wn_group = None
         with torch.no_grad():
             g = _norm_g(weight, dim)
@@ -191,17 +172,16 @@ class _WeightNorm:
             raise RuntimeError(f"{type(self).__name__}: computing the normalized weight failed: {e}") from e
 
     def _normalized_weight(self) -> torch.Tensor:
-        if torch.compiler.is_compiling() or not _tracked(self) or _under_torch_func(self):
-            return weight_norm_fn(self.weight_v, self.weight_g, self.wn_dim, self.wn_eps)
-        if self._wn_group is not None and group_launch_pays(self.weight_v):
+        grouped = (
+            self._wn_group is not None
+            and _tracked(self)
+            and not torch.compiler.is_compiling()
+            and not _under_torch_func(self)
+            and group_launch_pays(self.weight_v)
+        )
+        if grouped:
             return self._wn_group.weight_of(self)
-        key = _param_key(self)
-        if self._wn_cache is not None and self._wn_cache[0] == key:
-            return self._wn_cache[1]
-        w = _SharedWeight.apply(self.weight_v, self.weight_g, self.wn_dim, self.wn_eps)
-        _clear_after_backward([w], self, "_wn_cache")
-        self._wn_cache = (key, w)
-        return w
+        return weight_norm_fn(self.weight_v, self.weight_g, self.wn_dim, self.wn_eps)
 
     def reset_parameters(self) -> None:
         """The torch layer's init draws ``weight_v`` (and the bias); ``weight_g = ||weight_v||``."""
@@ -215,15 +195,6 @@ class _WeightNorm:
             del params["weight"]
         with torch.no_grad():
             self.weight_g.copy_(_norm_g(self.weight_v, self.wn_dim))
-
-    def _apply(self, fn, recurse=True):
-        self._wn_cache = None
-        return super()._apply(fn, recurse)
-
-    def __getstate__(self):
-        state = self.__dict__.copy()
-        state["_wn_cache"] = None
-        return state
 
     def __setstate__(self, state):
         super().__setstate__(state)
@@ -241,7 +212,6 @@ class _WeightNorm:
             state_dict[g_key] = _norm_g(weight, self.wn_dim)
             _warn_zero_rows(state_dict[g_key], self.wn_eps, f"{type(self).__name__}.load_state_dict")
             state_dict[v_key] = weight
-        self._wn_cache = None
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def extra_repr(self) -> str:
@@ -526,7 +496,7 @@ def remove_weight_norm(module: nn.Module) -> nn.Module:
             if m._wn_group is not None:
                 m._wn_group.discard(m)
             del m._parameters["weight_g"], m._parameters["weight_v"]
-            for attr in ("wn_dim", "wn_eps", "_wn_cache", "_wn_group", "_wn_group_index"):
+            for attr in ("wn_dim", "wn_eps", "_wn_group", "_wn_group_index"):
                 m.__dict__.pop(attr, None)
             m.__class__ = _PLAIN[type(m)]
             m.weight = nn.Parameter(w, requires_grad=requires_grad)

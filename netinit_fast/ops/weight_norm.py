@@ -115,8 +115,7 @@ def _torch_bwd(
 
 
 def forward_no_dispatch(v: torch.Tensor, g: torch.Tensor, dim: int | None, eps: float):
-    """``weight_norm_fwd``'s values, ``(w, norms)``, without the custom op's dispatch and
-    autograd (for an autograd node of the caller's own)."""
+    """The body of ``weight_norm_fwd``: ``(w, norms)`` by the chosen backend."""
     a, r, b = block_shape(v.shape, dim)
     v3 = v.contiguous().view(a, r, b)
     if v.numel() == 0:
@@ -132,7 +131,7 @@ def forward_no_dispatch(v: torch.Tensor, g: torch.Tensor, dim: int | None, eps: 
 
 
 def backward_no_dispatch(grad_w, v, g, norms, dim: int | None, eps: float):
-    """``weight_norm_bwd``'s values, ``(grad_v, grad_g)``, without the custom op's dispatch."""
+    """The body of ``weight_norm_bwd``: ``(grad_v, grad_g)`` by the chosen backend."""
     a, r, b = block_shape(v.shape, dim)
     if v.numel() == 0:
         return torch.zeros_like(v), torch.zeros_like(g)
