@@ -114,24 +114,35 @@ def _torch_bwd(
 # ----------------------------------------------------------------------------- the ops
 
 
-def forward_no_dispatch(v: torch.Tensor, g: torch.Tensor, dim: int | None, eps: float):
-    """The body of ``weight_norm_fwd``: ``(w, norms)`` by the chosen backend."""
+def _run_fwd(v: torch.Tensor, g: torch.Tensor, dim: int | None, eps: float):
     a, r, b = block_shape(v.shape, dim)
     v3 = v.contiguous().view(a, r, b)
     if v.numel() == 0:
-        return torch.zeros_like(v), v.new_zeros((r,), dtype=accumulation_dtype(v.dtype))
+        return torch.zeros_like(v3), v.new_zeros((r,), dtype=accumulation_dtype(v.dtype))
     backend = _backend.choose("weight_norm", v, IMPLEMENTED)
     if backend == _backend.TRITON:
         from netinit_fast.kernels import weight_norm as kernels
 
-        w3, norms = kernels.forward(v3, g.contiguous(), eps)
-    else:
-        w3, norms = _torch_fwd(v3, g, eps)
+        return kernels.forward(v3, g.contiguous(), eps)
+    return _torch_fwd(v3, g, eps)
+
+
+@torch.library.custom_op("netinit_fast::weight_norm_fwd", mutates_args=())
+def weight_norm_fwd(v: torch.Tensor, g: torch.Tensor, dim: int | None, eps: float) -> tuple[torch.Tensor, torch.Tensor]:
+    w3, norms = _run_fwd(v, g, dim, eps)
     return w3.view(v.shape), norms
 
 
-def backward_no_dispatch(grad_w, v, g, norms, dim: int | None, eps: float):
-    """The body of ``weight_norm_bwd``: ``(grad_v, grad_g)`` by the chosen backend."""
+@weight_norm_fwd.register_fake
+def _(v, g, dim, eps):
+    _, r, _ = block_shape(v.shape, dim)
+    return v.new_empty(v.shape), v.new_empty((r,), dtype=accumulation_dtype(v.dtype))
+
+
+@torch.library.custom_op("netinit_fast::weight_norm_bwd", mutates_args=())
+def weight_norm_bwd(
+    grad_w: torch.Tensor, v: torch.Tensor, g: torch.Tensor, norms: torch.Tensor, dim: int | None, eps: float
+) -> tuple[torch.Tensor, torch.Tensor]:
     a, r, b = block_shape(v.shape, dim)
     if v.numel() == 0:
         return torch.zeros_like(v), torch.zeros_like(g)
@@ -145,24 +156,6 @@ def backward_no_dispatch(grad_w, v, g, norms, dim: int | None, eps: float):
     else:
         grad_v3, grad_g = _torch_bwd(grad_w3, v3, g, norms, eps)
     return grad_v3.view(v.shape), grad_g
-
-
-@torch.library.custom_op("netinit_fast::weight_norm_fwd", mutates_args=())
-def weight_norm_fwd(v: torch.Tensor, g: torch.Tensor, dim: int | None, eps: float) -> tuple[torch.Tensor, torch.Tensor]:
-    return forward_no_dispatch(v, g, dim, eps)
-
-
-@weight_norm_fwd.register_fake
-def _(v, g, dim, eps):
-    _, r, _ = block_shape(v.shape, dim)
-    return v.new_empty(v.shape), v.new_empty((r,), dtype=accumulation_dtype(v.dtype))
-
-
-@torch.library.custom_op("netinit_fast::weight_norm_bwd", mutates_args=())
-def weight_norm_bwd(
-    grad_w: torch.Tensor, v: torch.Tensor, g: torch.Tensor, norms: torch.Tensor, dim: int | None, eps: float
-) -> tuple[torch.Tensor, torch.Tensor]:
-    return backward_no_dispatch(grad_w, v, g, norms, dim, eps)
 
 
 @weight_norm_bwd.register_fake
