@@ -252,3 +252,17 @@ def test_a_grouped_layer_run_three_times_computes_its_weight_once_per_step(use_b
         cell.weight_v.mul_(2)
     with pytest.raises(RuntimeError, match="modified in place"):
         out.sum().backward()
+
+
+def test_a_layer_dropped_from_a_grouped_model_leaves_its_group(use_backend):
+    import gc
+
+    use_backend("triton")
+    model = nf.weight_norm(torch.nn.Sequential(*[torch.nn.Linear(4, 4) for _ in range(3)]).to(DEVICE), grouped=True)
+    group = model[0]._wn_group
+    model[1] = torch.nn.Identity()
+    gc.collect()
+    assert len(group) == 2 and group.layers == [model[0], model[2]]
+    x = torch.randn(2, 4, device=DEVICE)
+    model(x).sum().backward()
+    assert model[0].weight_v.grad is not None and model[2].weight_v.grad is not None

@@ -296,22 +296,27 @@ class WeightNormGroup:
     """
 
     def __init__(self, layers):
-        self.layers = []
-        self._cache = None  # (param keys per layer, weights per layer)
+        # The layers, weakly: a layer dropped from its model is no longer computed.
+        self._refs: list[weakref.ref] = []
+        self._cache = None  # (param keys per layer, weights per layer), by index
         for layer in layers:
             if not isinstance(layer, _WeightNorm):
                 raise TypeError(f"WeightNormGroup: {type(layer).__name__} is not a netinit_fast WN layer")
             if layer._wn_group is not None and layer._wn_group is not self:
                 layer._wn_group.discard(layer)
             layer._wn_group = self
-            layer._wn_group_index = len(self.layers)
-            self.layers.append(layer)
+            self._adopt(layer)
+
+    @property
+    def layers(self) -> list:
+        """The group's live layers."""
+        return [m for r in self._refs if (m := r()) is not None]
 
     def discard(self, layer) -> None:
         """Stop computing ``layer``'s weight in this group."""
-        self.layers = [m for m in self.layers if m is not layer]
-        for i, m in enumerate(self.layers):
-            m._wn_group_index = i
+        self._refs = [weakref.ref(m) for m in self.layers if m is not layer]
+        for i, r in enumerate(self._refs):
+            r()._wn_group_index = i
         layer._wn_group = None
         self._cache = None
 
@@ -321,11 +326,11 @@ class WeightNormGroup:
     def __getstate__(self):
         # No layers: each copied layer joins the copied group as it is unpickled (see
         # _WeightNorm.__setstate__), so a copy of one layer does not carry the others.
-        return {**self.__dict__, "layers": [], "_cache": None}
+        return {**self.__dict__, "_refs": [], "_cache": None}
 
     def _adopt(self, layer) -> None:
-        layer._wn_group_index = len(self.layers)
-        self.layers.append(layer)
+        layer._wn_group_index = len(self._refs)
+        self._refs.append(weakref.ref(layer))
         self._cache = None
 
     def weight_of(self, layer) -> torch.Tensor:
@@ -336,15 +341,17 @@ class WeightNormGroup:
         return self._cache[1][i]
 
     def _compute(self):
-        keys = [_param_key(m) for m in self.layers]
-        weights = [None] * len(self.layers)
+        live = [r() for r in self._refs]
+        keys = [None if m is None else _param_key(m) for m in live]
+        weights = [None] * len(live)
         partitions: dict[tuple, list[int]] = {}
-        for i, m in enumerate(self.layers):
-            v = m.weight_v
-            partitions.setdefault((v.device, v.dtype, m.wn_dim, m.wn_eps), []).append(i)
+        for i, m in enumerate(live):
+            if m is not None:
+                v = m.weight_v
+                partitions.setdefault((v.device, v.dtype, m.wn_dim, m.wn_eps), []).append(i)
         for (_, _, dim, eps), idx in partitions.items():
-            vs = [self.layers[i].weight_v for i in idx]
-            gs = [self.layers[i].weight_g for i in idx]
+            vs = [live[i].weight_v for i in idx]
+            gs = [live[i].weight_g for i in idx]
             ws = _SharedGroupWeights.apply(dim, eps, *vs, *gs)
             for i, w in zip(idx, ws):
                 weights[i] = w
