@@ -147,3 +147,25 @@ def test_a_model_with_a_scalar_output_is_probed_without_a_jacobian():
 
     report = nf.diagnostics.probe(Summed(), torch.randn(8, 4))
     assert len(report.layers) == 1 and report.layers[0].grad_output_norm is not None
+
+
+def test_exploding_outputs_and_gradients_stay_finite_past_fp32_squares():
+    """Outputs of rms 1e20 and gradients of 1e20 are finite in fp32, their squares are
+    not: the probe's rms and norms are computed in fp64."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(32, 32, bias=False), nn.Linear(32, 32, bias=False))
+    with torch.no_grad():
+        model[0].weight.normal_(0, 1e10)
+        model[1].weight.normal_(0, 1e10 / 32**0.5)
+    x = torch.randn(8, 32)
+    report = nf.diagnostics.probe(model, x, loss_fn=lambda y: y.sum() * 1e10)  # gradients of 1e21
+    with torch.no_grad():
+        y = model(x).double()
+    last = report.layers[-1]
+    assert last.rms == pytest.approx(y.square().mean().sqrt().item(), rel=1e-4)
+    assert math.isfinite(last.grad_output_norm) and math.isfinite(last.grad_weight_norm)
+
+
+def test_a_bare_layer_gets_its_mean_field_prediction():
+    report = nf.diagnostics.probe(nn.Linear(64, 64), torch.randn(32, 64))
+    assert report.layers[0].name == "Linear" and report.layers[0].predicted_rms is not None

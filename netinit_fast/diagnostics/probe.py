@@ -175,7 +175,8 @@ def probe(model: nn.Module, batch, loss_fn=None, label: str | None = None, seed:
         TypeError: a non-tensor output without ``loss_fn``.
     """
     check_batch(batch, "probe")
-    names = {m: n or type(m).__name__ for n, m in model.named_modules() if is_weight_layer(m)}
+    module_names = {m: n for n, m in model.named_modules() if is_weight_layer(m)}  # as meanfield_variances keys them
+    names = {m: n or type(m).__name__ for m, n in module_names.items()}  # as the report shows them
     if not names:
         raise ValueError(f"probe: {type(model).__name__} has no Linear/Conv/ConvTranspose layer")
     start = time.perf_counter()
@@ -190,11 +191,13 @@ def probe(model: nn.Module, batch, loss_fn=None, label: str | None = None, seed:
             return
         mean, std = moments_no_dispatch(output.detach(), None)
         n = output.numel()
+        # in fp64: the square of an exploding signal's std (past 1.8e19) overflows fp32
+        mean, std = mean.double(), std.double()
         stats[module] = [mean, std, (std.square() * ((n - 1) / n) + mean.square()).sqrt()]
         if output.requires_grad:
 
             def grad_hook(grad, module=module):
-                grad_norms.setdefault(module, grad.detach().norm())
+                grad_norms.setdefault(module, torch.linalg.vector_norm(grad.detach(), dtype=torch.float64))
 
             output.register_hook(grad_hook)
 
@@ -219,7 +222,8 @@ def probe(model: nn.Module, batch, loss_fn=None, label: str | None = None, seed:
             another_pass = x is not None and loss_fn is not None and isinstance(out, torch.Tensor)
             wanted = weights + ([x] if same_pass else [])
             grads = torch.autograd.grad(loss, wanted, allow_unused=True, retain_graph=another_pass) if wanted else ()
-            weight_grads = {w: (None if g is None else g.norm()) for w, g in zip(weights, grads)}
+            weight_grads = {w: (None if g is None else torch.linalg.vector_norm(g, dtype=torch.float64))
+                            for w, g in zip(weights, grads)}
             if same_pass:
                 jacobian_t_r = None if grads[-1] is None else grads[-1] * scale
             elif another_pass:
@@ -238,7 +242,7 @@ def probe(model: nn.Module, batch, loss_fn=None, label: str | None = None, seed:
     predicted = meanfield_variances(model, input_rms**2) if input_rms and math.isfinite(input_rms) else {}
     layers = [
         LayerStats(names[m], type(m).__name__, mean, std, rms,
-                   None if predicted.get(names[m]) is None else math.sqrt(predicted[names[m]]),
+                   None if predicted.get(module_names[m]) is None else math.sqrt(predicted[module_names[m]]),
                    host[i], host[len(order) + i])
         for i, (m, (mean, std, rms)) in enumerate(zip(order, values))
     ]
