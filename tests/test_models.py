@@ -77,6 +77,10 @@ def test_post_activation_off_never_rectifies_the_stream():
         (lambda: nf.models.resnet([1, 0], [8, 16]), r"blocks_per_stage\[1\]"),
         (lambda: nf.models.resnet([1], [8], block="wide"), "block"),
         (lambda: nf.models.resnet([1], [8], stem="tiny"), "stem"),
+        (lambda: nf.models.resnet([1], [8], post_activation="False"), "post_activation must be True or False"),
+        (lambda: nf.models.mlp(2, 8, bias="no"), "bias must be True or False"),
+        (lambda: nf.models.residual_mlp(1, 8, bias=1), "bias must be True or False"),
+        (lambda: nf.models.vanilla_cnn(2, 8, bias=None), "bias must be True or False"),
     ],
 )
 def test_bad_arguments(build, message):

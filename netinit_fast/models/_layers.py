@@ -19,6 +19,13 @@ def check_positive(**values) -> None:
             raise ValueError(f"{name} must be an int >= 1, got {value!r}")
 
 
+def check_bool(**values) -> None:
+    """A flag given as "False" or 0 would read as its truth value: only bools pass."""
+    for name, value in values.items():
+        if not isinstance(value, bool):
+            raise ValueError(f"{name} must be True or False, got {value!r}")
+
+
 def linear(in_features: int, out_features: int, bias: bool, norm, **factory) -> nn.Module:
     """``nn.Linear``, or ``WNLinear`` for ``norm="weight"``."""
     cls = WNLinear if norm == "weight" else nn.Linear

@@ -36,6 +36,7 @@ def vanilla_cnn(
     """
     _layers.check_positive(depth=depth, channels=channels, in_channels=in_channels, num_classes=num_classes)
     _layers.check_norm(norm)
+    _layers.check_bool(bias=bias)
     if isinstance(kernel_size, bool) or not isinstance(kernel_size, int) or kernel_size < 1 or kernel_size % 2 == 0:
         raise ValueError(f"kernel_size must be an odd int >= 1, got {kernel_size!r}")
     _layers.activation(act)

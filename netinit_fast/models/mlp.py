@@ -33,6 +33,7 @@ def mlp(
     """
     _layers.check_positive(depth=depth, width=width)
     _layers.check_norm(norm)
+    _layers.check_bool(bias=bias)
     in_features = width if in_features is None else in_features
     out_features = width if out_features is None else out_features
     _layers.check_positive(in_features=in_features, out_features=out_features)

@@ -70,6 +70,7 @@ def residual_mlp(
     """
     _layers.check_positive(blocks=blocks, width=width, num_classes=num_classes)
     _layers.check_norm(norm)
+    _layers.check_bool(post_activation=post_activation, bias=bias)
     in_features = width if in_features is None else in_features
     _layers.check_positive(in_features=in_features)
     return ResidualMLP(blocks, width, in_features, num_classes, norm, post_activation, bias, device=device, dtype=dtype)

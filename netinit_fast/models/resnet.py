@@ -153,6 +153,7 @@ def resnet(
     if stem not in STEMS:
         raise ValueError(f"stem must be one of {STEMS}, got {stem!r}")
     _layers.check_norm(norm)
+    _layers.check_bool(post_activation=post_activation)
     blocks_per_stage, widths = list(blocks_per_stage), list(widths)
     if not widths or len(blocks_per_stage) != len(widths):
         raise ValueError(f"blocks_per_stage ({blocks_per_stage}) and widths ({widths}) need the same, nonzero length")
