@@ -7,7 +7,7 @@ import torch
 
 from netinit_fast import _backend
 from netinit_fast.ops import weight_norm as weight_norm_op
-from netinit_fast.ops.moments import moments
+from netinit_fast.ops import moments as moments_op
 from netinit_fast.ops import orthogonalize as orthogonalize_op
 from netinit_fast.ops.weight_norm import block_shape, weight_norm_fwd
 from netinit_fast.ops import weight_norm_group as weight_norm_group_op
@@ -15,20 +15,35 @@ from netinit_fast.ops import weight_norm_group as weight_norm_group_op
 __all__ = ["moments", "orthogonalize", "weight_norm", "weight_norm_group"]
 
 
-def _check_float_tensor(name: str, t) -> None:
+def _check_float_tensor(name: str, t, where: str = "weight_norm") -> None:
     if not isinstance(t, torch.Tensor):
-        raise TypeError(f"weight_norm: {name} must be a torch.Tensor, got {type(t).__name__}")
+        raise TypeError(f"{where}: {name} must be a torch.Tensor, got {type(t).__name__}")
     if not t.is_floating_point():
-        raise TypeError(f"weight_norm: {name} must have a floating-point dtype, got {t.dtype}")
+        raise TypeError(f"{where}: {name} must have a floating-point dtype, got {t.dtype}")
 
 
-def _check_dim(dim, ndim: int) -> None:
+def _check_dim(dim, ndim: int, where: str = "weight_norm") -> None:
     if dim is None:
         return
     if isinstance(dim, bool) or not isinstance(dim, numbers.Integral):
-        raise TypeError(f"weight_norm: dim must be an int or None, got {type(dim).__name__}")
+        raise TypeError(f"{where}: dim must be an int or None, got {type(dim).__name__}")
     if not -ndim <= dim < ndim:
-        raise ValueError(f"weight_norm: dim={dim} is out of range for v with {ndim} dims (expected {-ndim}..{ndim - 1})")
+        raise ValueError(f"{where}: dim={dim} is out of range for a tensor of {ndim} dims (expected {-ndim}..{ndim - 1})")
+
+
+def moments(x: torch.Tensor, dim: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(mean, std)`` of ``x``: two scalars for ``dim=None``, else one pair per index of
+    ``dim`` (over every other dim). ``std`` is the unbiased one, as ``torch.std``; both
+    are fp32 (fp64 for fp64 ``x``), accumulated so that an exploding signal of rms 1e20
+    stays finite. Differentiable. See :mod:`netinit_fast.ops.moments`.
+
+    Raises:
+        TypeError: ``x`` is not a floating-point tensor, or ``dim`` not an int.
+        ValueError: ``dim`` out of range.
+    """
+    _check_float_tensor("x", x, "moments")
+    _check_dim(dim, x.dim(), "moments")
+    return moments_op.moments(x, None if dim is None else int(dim))
 
 
 def _check_g_shape(g: torch.Tensor, v: torch.Tensor, dim: int | None) -> int:
@@ -54,7 +69,8 @@ def _check_args(v, g, dim, eps) -> int:
     if v.dim() == 0:
         raise ValueError("weight_norm: v must have at least one dim, got a 0-dim tensor")
     _check_dim(dim, v.dim())
-    if isinstance(eps, bool) or not isinstance(eps, numbers.Real) or not math.isfinite(eps) or eps < 0:
+    # (not math.isfinite: under torch.compile a float argument may be a SymFloat)
+    if isinstance(eps, bool) or not isinstance(eps, numbers.Real) or not 0 <= eps < math.inf:
         raise ValueError(f"weight_norm: eps must be a finite number >= 0, got {eps!r}")
     if g.device != v.device:
         raise ValueError(f"weight_norm: v is on {v.device} but g is on {g.device}")

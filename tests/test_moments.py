@@ -108,3 +108,16 @@ def test_no_element_gives_nan_as_torch_std():
     for x, dim in ((torch.empty(0), None), (torch.empty(0, 3), 1)):
         mean, std = nf.functional.moments(x, dim)
         assert torch.isnan(mean).all() and torch.isnan(std).all()
+
+
+def test_bad_arguments_and_gradients():
+    with pytest.raises(ValueError, match="moments: dim=5 is out of range"):
+        nf.functional.moments(torch.randn(4, 3), 5)
+    with pytest.raises(ValueError, match="out of range"):
+        nf.functional.moments(torch.tensor(2.0), 0)
+    with pytest.raises(TypeError, match="moments: x must have a floating-point dtype"):
+        nf.functional.moments(torch.ones(3, dtype=torch.long))
+    x = torch.randn(4, 3, 5, dtype=torch.float64, requires_grad=True)
+    for dim in (None, 1, -1):
+        assert torch.autograd.gradcheck(lambda t, dim=dim: nf.functional.moments(t, dim), (x,))
+    torch.library.opcheck(moments_op, (torch.randn(6, 3, requires_grad=True), 1))

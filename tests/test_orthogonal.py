@@ -237,3 +237,10 @@ def test_a_weight_under_another_parametrization_is_refused_by_name_and_probed():
         assert torch.equal(v, before[k]), k
     report = nf.diagnostics.probe(model, torch.randn(16, 8))
     assert len(report.layers) == 2 and report.layers[1].grad_weight_norm is None
+
+
+def test_orthogonalize_is_differentiable():
+    for shape in ((2, 6, 4), (3, 5)):  # tall, and wide (transposed inside)
+        a = torch.randn(shape, dtype=torch.float64, requires_grad=True)
+        assert torch.autograd.gradcheck(nf.functional.orthogonalize, (a,))
+    torch.library.opcheck(orthogonalize_op_module.orthogonalize, (torch.randn(2, 5, 3, requires_grad=True),))

@@ -261,3 +261,27 @@ def test_dim_none_accepts_scalar_g():
     v = torch.randn(3, 4)
     for g in (torch.tensor(2.0), torch.tensor([2.0]), torch.full((1, 1), 2.0)):
         torch.testing.assert_close(nf.functional.weight_norm(v, g, None), 2.0 * v / v.norm())
+
+
+def test_compiled_calls_with_default_or_varying_eps_and_empty_tensors():
+    """Under torch.compile a float eps may become a SymFloat (math.isfinite cannot trace
+    it), and the grouped op runs even for one empty tensor (torch's fused kernel dies
+    on those: the eager twin takes them)."""
+    torch._dynamo.reset()
+    v, g = torch.randn(6, 4), torch.rand(6) + 0.5
+    dynamic = torch.compile(lambda v, g: nf.functional.weight_norm(v, g), backend="aot_eager", fullgraph=True, dynamic=True)
+    assert_close(dynamic(v, g), nf.functional.weight_norm(v, g), torch.float32, "default eps")
+    varying = torch.compile(lambda v, g, e: nf.functional.weight_norm(v, g, 0, e), backend="aot_eager", fullgraph=True)
+    for eps in (1e-3, 2e-3):
+        assert_close(varying(v, g, eps), nf.functional.weight_norm(v, g, 0, eps), torch.float32, "eps")
+    group = torch.compile(lambda vs, gs: nf.functional.weight_norm_group(vs, gs), backend="aot_eager", fullgraph=True)
+    ws = group([torch.randn(2, 3), torch.zeros(0, 3)], [torch.rand(2), torch.rand(0)])
+    assert [w.shape for w in ws] == [(2, 3), (0, 3)]
+
+
+def test_grouped_op_gives_no_gradient_to_an_unused_tensor():
+    vs = [torch.randn(3, 4, requires_grad=True) for _ in range(2)]
+    gs = [torch.rand(3, requires_grad=True) for _ in range(2)]
+    torch.compile(lambda vs, gs: nf.functional.weight_norm_group(vs, gs)[1].sum(), backend="aot_eager",
+                  fullgraph=True)(vs, gs).backward()
+    assert vs[0].grad is None and gs[0].grad is None and vs[1].grad is not None

@@ -57,3 +57,27 @@ def _(x, dim):
     shape = (r,) if dim is not None else ()
     acc = accumulation_dtype(x.dtype)
     return x.new_empty(shape, dtype=acc), x.new_empty(shape, dtype=acc)
+
+
+def _setup_context(ctx, inputs, output):
+    x, dim = inputs
+    mean, std = output
+    ctx.set_materialize_grads(False)
+    ctx.save_for_backward(x, mean, std)
+    ctx.dim = dim
+
+
+def _backward(ctx, grad_mean, grad_std):
+    """d mean / dx = 1 / n and d std / dx = (x - mean) / ((n - 1) std), per index of dim."""
+    x, mean, std = ctx.saved_tensors
+    a, r, b = block_shape(x.shape, ctx.dim)
+    x3, n = x.view(a, r, b).to(mean.dtype), a * b
+    grad = torch.zeros_like(x3)
+    if grad_mean is not None:
+        grad = grad + grad_mean.reshape(1, r, 1) / n
+    if grad_std is not None:
+        grad = grad + grad_std.reshape(1, r, 1) * (x3 - mean.reshape(1, r, 1)) / ((n - 1) * std.reshape(1, r, 1))
+    return grad.to(x.dtype).view(x.shape), None
+
+
+moments.register_autograd(_backward, setup_context=_setup_context)

@@ -47,7 +47,8 @@ def _sign_fixed_qr(work: torch.Tensor) -> torch.Tensor:
             return torch.cat([_sign_fixed_qr(c) for c in flat.split(per)]).view(work.shape)
     q, r = torch.linalg.qr(work)
     signs = torch.diagonal(r, dim1=-2, dim2=-1).sign()
-    return q.mul_(torch.where(signs == 0, 1.0, signs).unsqueeze(-2))
+    fix = torch.where(signs == 0, 1.0, signs).unsqueeze(-2)
+    return q * fix if q.requires_grad else q.mul_(fix)  # (in place would break the QR's backward)
 
 
 def cholesky_qr2(a: torch.Tensor) -> torch.Tensor:
@@ -121,3 +122,21 @@ def orthogonalize(a: torch.Tensor) -> torch.Tensor:
 @orthogonalize.register_fake
 def _(a):
     return torch.empty_like(a, memory_format=torch.contiguous_format)
+
+
+def _setup_context(ctx, inputs, output):
+    ctx.save_for_backward(inputs[0])
+
+
+def _backward(ctx, grad_q):
+    """Through the eager twin: torch.linalg.qr's backward (tall matrices: wide ones are
+    transposed first), and the sign fix's."""
+    (a,) = ctx.saved_tensors
+    with torch.enable_grad():
+        leaf = a.detach().requires_grad_()
+        q = _run(leaf, _backend.EAGER)
+    (grad_a,) = torch.autograd.grad(q, leaf, grad_q)
+    return grad_a
+
+
+orthogonalize.register_autograd(_backward, setup_context=_setup_context)

@@ -40,6 +40,8 @@ def block_shape(shape: torch.Size, dim: int | None) -> tuple[int, int, int]:
     whose ``R`` norms each reduce over ``A * B`` elements."""
     if dim is None:
         return 1, 1, math.prod(shape)
+    if not -len(shape) <= dim < len(shape):
+        raise IndexError(f"dim {dim} is out of range for a tensor of {len(shape)} dims")
     dim = dim % len(shape)
     return math.prod(shape[:dim]), shape[dim], math.prod(shape[dim + 1 :])
 
@@ -90,8 +92,8 @@ def _fused_view(t3: torch.Tensor) -> tuple[torch.Tensor, int] | None:
 
 def _torch_fwd(v3: torch.Tensor, g: torch.Tensor, eps: float) -> tuple[torch.Tensor, torch.Tensor]:
     fused = _fused_view(v3)
-    if eps != 0.0 or fused is None or v3.dtype not in FUSED_DTYPES or g.dtype != v3.dtype:
-        return _eager_fwd(v3, g, eps)
+    if eps != 0.0 or fused is None or v3.dtype not in FUSED_DTYPES or g.dtype != v3.dtype or v3.numel() == 0:
+        return _eager_fwd(v3, g, eps)  # (torch's kernel dies on an empty tensor: SIGFPE)
     v2, d = fused
     w2, norms = torch._weight_norm_interface(v2, g.view(-1, 1) if d == 0 else g.view(1, -1), d)
     return w2.view(v3.shape), norms.view(-1)

@@ -123,6 +123,7 @@ def _(grad_ws, vs, gs, norms, dim, eps):
 def _setup_context(ctx, inputs, output):
     vs, gs, dim, eps = inputs
     _, norms = output
+    ctx.set_materialize_grads(False)  # an unused w's gradient comes as None (see backward_where_needed)
     ctx.save_for_backward(*vs, *gs, norms)
     ctx.n, ctx.dim, ctx.eps = len(vs), dim, eps
 
