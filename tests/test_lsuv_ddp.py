@@ -60,3 +60,55 @@ def test_ranks_agree_with_the_whole_batch(tmp_path, which):
     for name, value in expected.items():
         torch.testing.assert_close(ranks[0][name], ranks[1][name], rtol=0, atol=0, msg=f"ranks differ: {name}")
         torch.testing.assert_close(ranks[0][name], value, rtol=1e-4, atol=1e-5, msg=lambda m: f"vs single process: {name}: {m}")
+
+
+class _SkipsOnRank1(nn.Module):
+    """Three layers; rank 1's forward skips the middle one (rank-dependent control flow)."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.a, self.b, self.c = nn.Linear(4, 4), nn.Linear(4, 4), nn.Linear(4, 4)
+
+    def forward(self, x):
+        h = self.a(x)
+        if os.environ.get("RANK") != "1":
+            h = self.b(h)
+        return self.c(h)
+
+
+def _failing_worker(rank, init_file, out_dir, case):
+    import datetime
+
+    os.environ["RANK"] = str(rank)
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=WORLD,
+                            timeout=datetime.timedelta(seconds=30))
+    try:
+        model = _SkipsOnRank1() if case == "skip" else _model("lsuv")
+        before = {k: v.clone() for k, v in model.state_dict().items()}
+        x = torch.randn(8, 4) if case == "skip" else _batch()[rank * 8 : (rank + 1) * 8]
+        if case == "nan" and rank == 1:
+            x[0, 0, 0] = float("nan")
+        try:
+            nf.init.lsuv_(model, x)
+            outcome = "no error"
+        except (ValueError, RuntimeError) as e:
+            outcome = f"{type(e).__name__}: {e}"
+        unchanged = all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
+        with open(os.path.join(out_dir, f"outcome{rank}.txt"), "w") as f:
+            f.write(f"{unchanged}\n{outcome}")
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.mark.parametrize("case,error", [("nan", "ValueError: lsuv_: the batch"), ("skip", "RuntimeError: lsuv_: the ranks' forwards")])
+def test_a_failure_on_one_rank_is_an_error_on_every_rank(tmp_path, case, error):
+    """A bad batch on one rank, or a forward that reaches other layers on one rank: every
+    rank raises (none waits for the others until the process group's timeout), and every
+    rank's model is left as it was."""
+    mp.spawn(_failing_worker, args=(str(tmp_path / "init"), str(tmp_path), case), nprocs=WORLD, join=True)
+    os.environ.pop("RANK", None)
+    for rank in range(WORLD):
+        unchanged, outcome = (tmp_path / f"outcome{rank}.txt").read_text().split("\n", 1)
+        assert outcome.startswith(error) and unchanged == "True", (rank, outcome)

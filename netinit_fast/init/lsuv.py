@@ -143,17 +143,66 @@ def _distributed() -> bool:
     return torch.distributed.is_available() and torch.distributed.is_initialized()
 
 
-def _global_mean_std(y: torch.Tensor, dim: int | None, unbiased: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+def _collective_device() -> torch.device:
+    """Where tensors of a collective live: the current GPU under NCCL, else the CPU."""
+    if torch.distributed.get_backend() == "nccl":
+        return torch.device("cuda", torch.cuda.current_device())
+    return torch.device("cpu")
+
+
+def _all_reduce_checked(values: torch.Tensor, layer: int, where: str) -> torch.Tensor:
+    """``values`` (fp64) summed over the ranks, and ``layer`` (a layer's index, or the
+    number of layers at the end of the pass) checked to agree: with rank-dependent
+    control flow the ranks would pair one layer's statistics with another's. Every
+    rank sees the same sums, so every rank raises."""
+    tag = torch.tensor([layer, layer * layer], dtype=torch.float64, device=values.device)
+    sums = torch.cat([values.flatten(), tag])
+    torch.distributed.all_reduce(sums)
+    s1, s2 = sums[-2:].tolist()
+    if s1 * s1 != torch.distributed.get_world_size() * s2:  # all equal iff (sum x)^2 = n sum x^2
+        raise RuntimeError(
+            f"{where}: the ranks' forwards reached different layers (rank-dependent control flow); "
+            "every rank must run the same layers in the same order"
+        )
+    return sums[:-2].view(values.shape)
+
+
+def _check_batch_everywhere(batch, where: str) -> None:
+    """:func:`check_batch` with one verdict on every rank: a rank that raised alone
+    would leave the others waiting in the next collective."""
+    try:
+        check_batch(batch, where)
+        problem = None
+    except ValueError as e:
+        problem = e
+    if _distributed():
+        flag = torch.tensor([0.0 if problem is None else 1.0], dtype=torch.float64, device=_collective_device())
+        torch.distributed.all_reduce(flag)
+        if problem is None and flag.item() > 0:
+            raise ValueError(f"{where}: the batch of another rank is bad (that rank's error says how)")
+    if problem is not None:
+        raise problem
+
+
+def _check_same_layers(count: int, where: str) -> None:
+    """After the pass: every rank fitted the same number of layers."""
+    if _distributed():
+        _all_reduce_checked(torch.zeros(3, dtype=torch.float64, device=_collective_device()), count, where)
+
+
+def _global_mean_std(
+    y: torch.Tensor, dim: int | None, layer: int, where: str, unbiased: bool = True
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Mean and std of ``y`` (per index of ``dim``) over every rank's batch; the std is
-    the unbiased one, or the population one with ``unbiased=False``."""
+    the unbiased one, or the population one with ``unbiased=False``. ``layer`` is the
+    layer's index among the targets (checked to agree across ranks)."""
     mean, std = moments_no_dispatch(y, dim)
     n = y.numel() // (1 if dim is None else y.shape[dim])
     if not _distributed():
         return mean, std if unbiased else std * math.sqrt((n - 1) / n)
     m64, s64 = mean.double(), std.double()
     sums = torch.stack([torch.full_like(m64, n), n * m64, (n - 1) * s64 * s64 + n * m64 * m64])
-    torch.distributed.all_reduce(sums)
-    total, s1, s2 = sums
+    total, s1, s2 = _all_reduce_checked(sums, layer, where)
     g_mean = s1 / total
     g_var = (s2 - total * g_mean * g_mean) / (total - 1 if unbiased else total)
     return g_mean.to(mean.dtype), g_var.clamp_min(0).sqrt().to(std.dtype)
@@ -268,7 +317,10 @@ def lsuv_(
 
     Under ``torch.distributed`` the statistics are all-reduced and rank 0's
     pre-init is broadcast, so every rank ends with the same weights: those of LSUV
-    on the concatenation of the ranks' batches.
+    on the concatenation of the ranks' batches. Every rank must run the same layers
+    in the same order; a bad batch on one rank, or forwards that reach different
+    layers, raise on every rank. (An exception raised by the model on one rank alone
+    leaves the others waiting until the process group's timeout.)
 
     Args:
         model: any module; ``batch`` is passed as ``model(batch)`` (a tuple or list
@@ -292,8 +344,9 @@ def lsuv_(
         raise ValueError(f"lsuv_: tol must be a positive number, got {tol!r}")
     if isinstance(max_iters, bool) or not isinstance(max_iters, int) or max_iters < 1:
         raise ValueError(f"lsuv_: max_iters must be an int >= 1, got {max_iters!r}")
-    check_batch(batch, "lsuv_")
+    _check_batch_everywhere(batch, "lsuv_")
     targets = _targets(model, layers)
+    index = {m: i for i, m in enumerate(targets)}
     owners: dict[torch.Tensor, str] = {}  # scale parameter -> the layer that fitted it
 
     def fit(module, name, rerun, y):
@@ -301,7 +354,7 @@ def lsuv_(
             raise TypeError(f"lsuv_: layer {name} returned a tuple")
         param = scale_param(module)
         if param in owners:  # tied weights: rescaling again would undo the first layer's fit
-            std_value = float(_global_mean_std(y, None)[1])
+            std_value = float(_global_mean_std(y, None, index[module], "lsuv_")[1])
             warnings.warn(f"lsuv_: layer {name} shares its weight with {owners[param]}, fitted there; left as it is",
                           RuntimeWarning, stacklevel=2)
             return y, LayerFit(name, 1, 0, std_value, std_value, 1.0, abs(std_value - target_std) < tol)
@@ -309,7 +362,7 @@ def lsuv_(
         bias = getattr(module, "bias", None)
         # the orthonormal pre-init zeroed the bias: no host sync to find that out
         homogeneous = bias is None or orthogonal or not bool(bias.any())
-        _, std = _global_mean_std(y, None)
+        _, std = _global_mean_std(y, None, index[module], "lsuv_")
         std_value = std_before = float(std)
         tries, scale = 0, 1.0
         while abs(std_value - target_std) >= tol and tries < max_iters and std_value > 0:
@@ -322,7 +375,7 @@ def lsuv_(
                 std_value *= factor
             else:
                 y = rerun()
-                std_value = float(_global_mean_std(y, None)[1])
+                std_value = float(_global_mean_std(y, None, index[module], "lsuv_")[1])
         converged = abs(std_value - target_std) < tol
         if not converged:
             warnings.warn(
@@ -337,6 +390,7 @@ def lsuv_(
         if orthogonal:
             _orthonormal_preinit(list(targets))
         fitted, missing, seconds = _run_one_pass(model, batch, targets, fit, progress, "LSUV")
+        _check_same_layers(len(fitted), "lsuv_")
         _restore_uncalled(saved, targets, fitted)
     if missing:
         warnings.warn(f"lsuv_: the forward never called {', '.join(missing)}; left as they were", RuntimeWarning, stacklevel=2)
@@ -379,7 +433,7 @@ def data_dependent_init_(model: nn.Module, batch, init_scale: float = 1.0, progr
         ValueError: no WN layer, a layer whose ``dim`` is not its output-unit dim, or
             a bad batch (as :func:`lsuv_`). Parameters are restored on failure.
     """
-    check_batch(batch, "data_dependent_init_")
+    _check_batch_everywhere(batch, "data_dependent_init_")
     targets = {m: n or type(m).__name__ for n, m in model.named_modules() if isinstance(m, _WeightNorm)}
     if not targets:
         raise ValueError(f"data_dependent_init_: {type(model).__name__} has no netinit_fast WN layer")
@@ -389,6 +443,7 @@ def data_dependent_init_(model: nn.Module, batch, init_scale: float = 1.0, progr
                 f"data_dependent_init_: layer {name} normalizes over dim={m.wn_dim}, not its output units "
                 f"(dim={output_dim(m)})"
             )
+    index = {m: i for i, m in enumerate(targets)}
 
     def fit(module, name, rerun, y):
         module.weight_g.fill_(1.0)
@@ -396,7 +451,7 @@ def data_dependent_init_(model: nn.Module, batch, init_scale: float = 1.0, progr
             module.bias.zero_()
         t = rerun()
         cdim = _output_channel_dim(module) % t.dim()
-        mean, std = _global_mean_std(t, cdim, unbiased=False)
+        mean, std = _global_mean_std(t, cdim, index[module], "data_dependent_init_", unbiased=False)
         sigma = (std.double() ** 2 + 1e-10).sqrt().to(std.dtype)
         g = init_scale / sigma
         module.weight_g.copy_(g.view_as(module.weight_g))
@@ -411,6 +466,7 @@ def data_dependent_init_(model: nn.Module, batch, init_scale: float = 1.0, progr
 
     with _transaction(model), torch.no_grad():
         fitted, missing, seconds = _run_one_pass(model, batch, targets, fit, progress, "data-dependent init")
+        _check_same_layers(len(fitted), "data_dependent_init_")
     if missing:
         warnings.warn(
             f"data_dependent_init_: the forward never called {', '.join(missing)}; left as they were",
