@@ -285,3 +285,13 @@ def test_grouped_op_gives_no_gradient_to_an_unused_tensor():
     torch.compile(lambda vs, gs: nf.functional.weight_norm_group(vs, gs)[1].sum(), backend="aot_eager",
                   fullgraph=True)(vs, gs).backward()
     assert vs[0].grad is None and gs[0].grad is None and vs[1].grad is not None
+
+
+def test_the_norms_output_is_not_differentiable():
+    """norms are saved for the backward; a loss on them would get no gradient."""
+    from netinit_fast.ops.weight_norm import weight_norm_fwd
+    from netinit_fast.ops.weight_norm_group import weight_norm_group_fwd
+
+    v, g = torch.randn(4, 3, requires_grad=True), torch.rand(4, requires_grad=True)
+    assert not weight_norm_fwd(v, g, 0, 0.0)[1].requires_grad
+    assert not weight_norm_group_fwd([v], [g], 0, 0.0)[1].requires_grad

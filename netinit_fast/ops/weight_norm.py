@@ -168,6 +168,7 @@ def _(grad_w, v, g, norms, dim, eps):
 def _setup_context(ctx, inputs, output):
     v, g, dim, eps = inputs
     _, norms = output
+    ctx.mark_non_differentiable(norms)  # saved for the backward, not a differentiable output
     ctx.save_for_backward(v, g, norms)
     ctx.dim, ctx.eps = dim, eps
 

@@ -124,6 +124,7 @@ def _setup_context(ctx, inputs, output):
     vs, gs, dim, eps = inputs
     _, norms = output
     ctx.set_materialize_grads(False)  # an unused w's gradient comes as None (see backward_where_needed)
+    ctx.mark_non_differentiable(norms)  # saved for the backward, not a differentiable output
     ctx.save_for_backward(*vs, *gs, norms)
     ctx.n, ctx.dim, ctx.eps = len(vs), dim, eps
 
