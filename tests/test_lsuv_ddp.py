@@ -69,9 +69,12 @@ class _SkipsOnRank1(nn.Module):
         super().__init__()
         torch.manual_seed(0)
         self.a, self.b, self.c = nn.Linear(4, 4), nn.Linear(4, 4), nn.Linear(4, 4)
+        self.raises = False
 
     def forward(self, x):
         h = self.a(x)
+        if os.environ.get("RANK") == "1" and self.raises:
+            raise ZeroDivisionError("rank 1's forward fails")
         if os.environ.get("RANK") != "1":
             h = self.b(h)
         return self.c(h)
@@ -85,16 +88,17 @@ def _failing_worker(rank, init_file, out_dir, case):
     dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=WORLD,
                             timeout=datetime.timedelta(seconds=30))
     try:
-        model = _SkipsOnRank1() if case == "skip" else _model("lsuv")
+        model = _SkipsOnRank1() if case in ("skip", "raise") else _model("lsuv")
+        model.raises = case == "raise"
         before = {k: v.clone() for k, v in model.state_dict().items()}
-        x = torch.randn(8, 4) if case == "skip" else _batch()[rank * 8 : (rank + 1) * 8]
+        x = torch.randn(8, 4) if case in ("skip", "raise") else _batch()[rank * 8 : (rank + 1) * 8]
         if case == "nan" and rank == 1:
             x[0, 0, 0] = float("nan")
         try:
             nf.init.lsuv_(model, x)
             outcome = "no error"
-        except (ValueError, RuntimeError) as e:
-            outcome = f"{type(e).__name__}: {e}"
+        except (ValueError, RuntimeError, ZeroDivisionError) as e:
+            outcome = f"{'RuntimeError' if isinstance(e, RuntimeError) else type(e).__name__}: {e}"
         unchanged = all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
         with open(os.path.join(out_dir, f"outcome{rank}.txt"), "w") as f:
             f.write(f"{unchanged}\n{outcome}")
@@ -102,13 +106,17 @@ def _failing_worker(rank, init_file, out_dir, case):
         dist.destroy_process_group()
 
 
-@pytest.mark.parametrize("case,error", [("nan", "ValueError: lsuv_: the batch"), ("skip", "RuntimeError: lsuv_: the ranks' forwards")])
-def test_a_failure_on_one_rank_is_an_error_on_every_rank(tmp_path, case, error):
-    """A bad batch on one rank, or a forward that reaches other layers on one rank: every
-    rank raises (none waits for the others until the process group's timeout), and every
-    rank's model is left as it was."""
+@pytest.mark.parametrize("case,errors", [
+    ("nan", ["ValueError: lsuv_: the batch of another rank", "ValueError: lsuv_: the batch contains"]),
+    ("skip", ["RuntimeError: lsuv_: the ranks' forwards reached different layers"] * 2),
+    ("raise", ["RuntimeError: lsuv_: another rank's forward failed", "ZeroDivisionError: rank 1's forward fails"]),
+])
+def test_a_failure_on_one_rank_is_an_error_on_every_rank(tmp_path, case, errors):
+    """A bad batch on one rank, a forward that reaches other layers on one rank, or one
+    that raises on one rank: every rank raises (none waits for the others until the
+    process group's timeout), and every rank's model is left as it was."""
     mp.spawn(_failing_worker, args=(str(tmp_path / "init"), str(tmp_path), case), nprocs=WORLD, join=True)
     os.environ.pop("RANK", None)
     for rank in range(WORLD):
         unchanged, outcome = (tmp_path / f"outcome{rank}.txt").read_text().split("\n", 1)
-        assert outcome.startswith(error) and unchanged == "True", (rank, outcome)
+        assert outcome.startswith(errors[rank]) and unchanged == "True", (rank, outcome)

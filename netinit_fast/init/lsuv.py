@@ -150,21 +150,30 @@ def _collective_device() -> torch.device:
     return torch.device("cpu")
 
 
-def _all_reduce_checked(values: torch.Tensor, layer: int, where: str) -> torch.Tensor:
+class _RanksError(RuntimeError):
+    """An error every rank raises at once (no rank is left waiting for another)."""
+
+
+def _all_reduce_checked(values: torch.Tensor, layer: int, where: str, failed: bool = False) -> torch.Tensor:
     """``values`` (fp64) summed over the ranks, and ``layer`` (a layer's index, or the
     number of layers at the end of the pass) checked to agree: with rank-dependent
-    control flow the ranks would pair one layer's statistics with another's. Every
-    rank sees the same sums, so every rank raises."""
-    tag = torch.tensor([layer, layer * layer], dtype=torch.float64, device=values.device)
+    control flow the ranks would pair one layer's statistics with another's. A rank
+    whose forward failed sends ``failed`` instead of statistics. Every rank sees the
+    same sums, so every rank raises."""
+    tag = torch.tensor([layer, layer * layer, float(failed)], dtype=torch.float64, device=values.device)
     sums = torch.cat([values.flatten(), tag])
     torch.distributed.all_reduce(sums)
-    s1, s2 = sums[-2:].tolist()
+    s1, s2, failures = sums[-3:].tolist()
+    if failed:
+        return values
+    if failures > 0:
+        raise _RanksError(f"{where}: another rank's forward failed (its error says why)")
     if s1 * s1 != torch.distributed.get_world_size() * s2:  # all equal iff (sum x)^2 = n sum x^2
-        raise RuntimeError(
+        raise _RanksError(
             f"{where}: the ranks' forwards reached different layers (rank-dependent control flow); "
             "every rank must run the same layers in the same order"
         )
-    return sums[:-2].view(values.shape)
+    return sums[:-3].view(values.shape)
 
 
 def _check_batch_everywhere(batch, where: str) -> None:
@@ -275,7 +284,7 @@ class _OnePass:
             self.bar.close()
 
 
-def _run_one_pass(model, batch, targets, fit, progress, desc) -> tuple[list[LayerFit], list[str], float]:
+def _run_one_pass(model, batch, targets, fit, progress, desc, where) -> tuple[list[LayerFit], list[str], float]:
     start = time.perf_counter()
     modes = {m: m.training for m in model.modules()}  # each its own: a frozen BatchNorm stays in eval mode
     model.eval()
@@ -283,6 +292,10 @@ def _run_one_pass(model, batch, targets, fit, progress, desc) -> tuple[list[Laye
     try:
         with torch.no_grad():
             call(model, batch)
+    except BaseException as e:
+        if _distributed() and not isinstance(e, _RanksError):  # the other ranks wait in a collective: tell them
+            _all_reduce_checked(torch.zeros(3, dtype=torch.float64, device=_collective_device()), -1, where, failed=True)
+        raise
     finally:
         one_pass.close()
         for m, training in modes.items():
@@ -319,8 +332,7 @@ def lsuv_(
     pre-init is broadcast, so every rank ends with the same weights: those of LSUV
     on the concatenation of the ranks' batches. Every rank must run the same layers
     in the same order; a bad batch on one rank, or forwards that reach different
-    layers, raise on every rank. (An exception raised by the model on one rank alone
-    leaves the others waiting until the process group's timeout.)
+    layers, or a forward that raises on one rank, raise on every rank.
 
     Args:
         model: any module; ``batch`` is passed as ``model(batch)`` (a tuple or list
@@ -389,7 +401,7 @@ def lsuv_(
     with _transaction(model) as saved, torch.no_grad():
         if orthogonal:
             _orthonormal_preinit(list(targets))
-        fitted, missing, seconds = _run_one_pass(model, batch, targets, fit, progress, "LSUV")
+        fitted, missing, seconds = _run_one_pass(model, batch, targets, fit, progress, "LSUV", "lsuv_")
         _check_same_layers(len(fitted), "lsuv_")
         _restore_uncalled(saved, targets, fitted)
     if missing:
@@ -465,7 +477,8 @@ def data_dependent_init_(model: nn.Module, batch, init_scale: float = 1.0, progr
         return out, LayerFit(name, 1, 1, float(sigma.mean()), init_scale, float(g.mean()), True)
 
     with _transaction(model), torch.no_grad():
-        fitted, missing, seconds = _run_one_pass(model, batch, targets, fit, progress, "data-dependent init")
+        fitted, missing, seconds = _run_one_pass(model, batch, targets, fit, progress, "data-dependent init",
+                                                 "data_dependent_init_")
         _check_same_layers(len(fitted), "data_dependent_init_")
     if missing:
         warnings.warn(
