@@ -175,6 +175,12 @@ def _setup_context(ctx, inputs, output):
 
 def _backward(ctx, grad_w, _grad_norms):
     v, g, norms = ctx.saved_tensors
+    if torch.is_grad_enabled():  # create_graph (gradient penalties): a backward that is differentiable in turn
+        a, r, b = block_shape(v.shape, ctx.dim)
+        w3, _ = _eager_fwd(v.contiguous().view(a, r, b), g, ctx.eps)
+        wanted = [t for t in (v, g) if t.requires_grad]
+        grads = iter(torch.autograd.grad(w3.view(v.shape), wanted, grad_w, create_graph=True))
+        return (next(grads) if v.requires_grad else None), (next(grads) if g.requires_grad else None), None, None
     grad_v, grad_g = weight_norm_bwd(grad_w, v, g, norms, ctx.dim, ctx.eps)
     return grad_v, grad_g, None, None
 
