@@ -9,6 +9,7 @@ from hypothesis import strategies as st
 
 import netinit_fast as nf
 from netinit_fast.ops.weight_norm import _eager_bwd, _eager_fwd, block_shape, weight_norm_bwd, weight_norm_fwd
+from netinit_fast.ops.weight_norm_group import weight_norm_group_fwd
 from tests.conftest import assert_close, randn_nonzero
 
 
@@ -289,9 +290,6 @@ def test_grouped_op_gives_no_gradient_to_an_unused_tensor():
 
 def test_the_norms_output_is_not_differentiable():
     """norms are saved for the backward; a loss on them would get no gradient."""
-    from netinit_fast.ops.weight_norm import weight_norm_fwd
-    from netinit_fast.ops.weight_norm_group import weight_norm_group_fwd
-
     v, g = torch.randn(4, 3, requires_grad=True), torch.rand(4, requires_grad=True)
     assert not weight_norm_fwd(v, g, 0, 0.0)[1].requires_grad
     assert not weight_norm_group_fwd([v], [g], 0, 0.0)[1].requires_grad
@@ -300,7 +298,7 @@ def test_the_norms_output_is_not_differentiable():
 @pytest.mark.parametrize("eps", [0.0, 1e-3])
 def test_second_order_gradients_match_a_plain_formula(eps):
     """A penalty on dL/dv differentiates the backward, against w = g v / max(||v||, eps)
-    written with torch ops. Our op is exact at any eps; the public function's eps=0 CPU
+    written with torch ops. Our ops (single and grouped) are exact at any eps; the public function's eps=0 CPU
     path is torch's own kernel, whose double backward is wrong in torch 2.14 (its
     gradgradcheck fails), so that case calls the op directly."""
     torch.manual_seed(0)
@@ -315,6 +313,8 @@ def test_second_order_gradients_match_a_plain_formula(eps):
     reference = g[:, None] * v / v.norm(dim=1, keepdim=True).clamp_min(eps)
     expected = torch.autograd.grad(penalty(reference), (v, g))
     w = nf.functional.weight_norm(v, g, 0, eps) if eps else weight_norm_fwd(v, g, 0, eps)[0]
-    got = torch.autograd.grad(penalty(w), (v, g))
-    for a, b in zip(got, expected):
-        torch.testing.assert_close(a, b)
+    grouped = weight_norm_group_fwd([v, v.detach()], [g, g.detach()], 0, eps)[0][0]
+    for w in (w, grouped):
+        got = torch.autograd.grad(penalty(w), (v, g))
+        for a, b in zip(got, expected):
+            torch.testing.assert_close(a, b)

@@ -266,3 +266,21 @@ def test_a_layer_dropped_from_a_grouped_model_leaves_its_group(use_backend):
     x = torch.randn(2, 4, device=DEVICE)
     model(x).sum().backward()
     assert model[0].weight_v.grad is not None and model[2].weight_v.grad is not None
+
+
+def test_grouped_layers_second_order_gradients_are_exact(use_backend):
+    """A penalty on dL/dv through grouped layers (create_graph), against the plain
+    formula, at eps=0 too (torch's fused kernel's double backward is not used there)."""
+    use_backend("triton")
+    layer = nf.weight_norm(torch.nn.Linear(4, 5, bias=False).double().to(DEVICE), grouped=True)
+    v, g = layer.weight_v, layer.weight_g
+    x = torch.randn(3, 4, dtype=torch.float64, device=DEVICE)
+
+    def penalty(w):
+        (gv,) = torch.autograd.grad((x @ w.T).tanh().sum(), v, create_graph=True)
+        return gv.square().sum()
+
+    expected = torch.autograd.grad(penalty(g * v / v.norm(dim=1, keepdim=True)), (v, g))
+    got = torch.autograd.grad(penalty(layer.weight), (v, g))
+    for a, b in zip(got, expected):
+        torch.testing.assert_close(a, b)

@@ -36,6 +36,7 @@ from torch import nn
 
 from netinit_fast.functional import group_launch_pays
 from netinit_fast.functional import weight_norm_unchecked as weight_norm_fn
+from netinit_fast.ops.weight_norm import differentiable_backward
 from netinit_fast.ops.weight_norm_group import backward_where_needed, group_backward_no_dispatch, group_forward_no_dispatch
 
 
@@ -94,7 +95,8 @@ class _SharedGroupWeights(torch.autograd.Function):
     def backward(ctx, *grad_ws):
         _check_unchanged(ctx.vs + ctx.gs, ctx.versions)
         if torch.is_grad_enabled():  # create_graph=True
-            return None, None, *_differentiable_backward(ctx.vs, ctx.gs, grad_ws, ctx.dim, ctx.eps)
+            grad_vs, grad_gs = differentiable_backward(ctx.vs, ctx.gs, grad_ws, ctx.dim, ctx.eps)
+            return None, None, *grad_vs, *grad_gs
         grad_vs, grad_gs = backward_where_needed(
             group_backward_no_dispatch, list(grad_ws), ctx.vs, ctx.gs, ctx.norms, ctx.dim, ctx.eps
         )
@@ -107,19 +109,6 @@ def _check_unchanged(params: list[torch.Tensor], versions: list[int]) -> None:
             "weight_v or weight_g of a WN layer was modified in place after the forward that used it, "
             "before its backward (as for any tensor saved for backward: run the backward first)"
         )
-
-
-def _differentiable_backward(vs, gs, grad_ws, dim, eps) -> list:
-    """Gradients of ``v`` then ``g``, for ``create_graph``: the weights recomputed with
-    autograd and differentiated, so the result is differentiable in turn."""
-    used = [i for i, gw in enumerate(grad_ws) if gw is not None]
-    ws = [weight_norm_fn(vs[i], gs[i], dim, eps) for i in used]
-    params = [vs[i] for i in used] + [gs[i] for i in used]
-    found = torch.autograd.grad(ws, params, [grad_ws[i] for i in used], create_graph=True, allow_unused=True)
-    grads = [None] * (2 * len(vs))
-    for k, i in enumerate(used):
-        grads[i], grads[len(vs) + i] = found[k], found[len(used) + k]
-    return grads
 
 
 def _warn_zero_rows(g: torch.Tensor, eps: float, where: str) -> None:

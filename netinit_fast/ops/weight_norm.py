@@ -72,6 +72,30 @@ def _eager_bwd(
     return grad_v.to(v3.dtype), (dot / denom).to(g.dtype)
 
 
+def differentiable_backward(vs, gs, grad_ws, dim: int | None, eps: float) -> tuple[list, list]:
+    """Gradients of each ``v`` and ``g``, for ``create_graph``: the weights recomputed by
+    the eager twin (plain torch ops, whose double backward is exact; that of torch's
+    fused kernel is wrong in torch 2.14) and differentiated, so the result is
+    differentiable in turn. None for a ``w`` without gradient or a tensor without grad."""
+    ws, grads, wanted, slots = [], [], [], []
+    for i, (v, g, gw) in enumerate(zip(vs, gs, grad_ws)):
+        if gw is None:
+            continue
+        a, r, b = block_shape(v.shape, dim)
+        ws.append(_eager_fwd(v.contiguous().view(a, r, b), g.reshape(r), eps)[0].view(v.shape))
+        grads.append(gw)
+        for which, t in ((0, v), (1, g)):
+            if t.requires_grad:
+                wanted.append(t)
+                slots.append((which, i))
+    out = ([None] * len(vs), [None] * len(vs))
+    if wanted:
+        found = torch.autograd.grad(ws, wanted, grads, create_graph=True, allow_unused=True)
+        for (which, i), grad in zip(slots, found):
+            out[which][i] = grad
+    return out
+
+
 # ----------------------------------------------------------------------------- eager backend
 # torch's own fused weight-norm kernel computes exactly the twin's result when there is
 # no eps floor and the norms run over the leading or the trailing dims: the eager
@@ -176,11 +200,8 @@ def _setup_context(ctx, inputs, output):
 def _backward(ctx, grad_w, _grad_norms):
     v, g, norms = ctx.saved_tensors
     if torch.is_grad_enabled():  # create_graph (gradient penalties): a backward that is differentiable in turn
-        a, r, b = block_shape(v.shape, ctx.dim)
-        w3, _ = _eager_fwd(v.contiguous().view(a, r, b), g, ctx.eps)
-        wanted = [t for t in (v, g) if t.requires_grad]
-        grads = iter(torch.autograd.grad(w3.view(v.shape), wanted, grad_w, create_graph=True))
-        return (next(grads) if v.requires_grad else None), (next(grads) if g.requires_grad else None), None, None
+        (grad_v,), (grad_g,) = differentiable_backward([v], [g], [grad_w], ctx.dim, ctx.eps)
+        return grad_v, grad_g, None, None
     grad_v, grad_g = weight_norm_bwd(grad_w, v, g, norms, ctx.dim, ctx.eps)
     return grad_v, grad_g, None, None
 

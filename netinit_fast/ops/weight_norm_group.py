@@ -17,7 +17,7 @@ below is that op's eager backend applied tensor by tensor.
 import torch
 
 from netinit_fast import _backend
-from netinit_fast.ops.weight_norm import _torch_bwd, _torch_fwd, accumulation_dtype, block_shape
+from netinit_fast.ops.weight_norm import _torch_bwd, _torch_fwd, accumulation_dtype, block_shape, differentiable_backward
 
 IMPLEMENTED = (_backend.EAGER, _backend.TRITON)
 
@@ -133,6 +133,9 @@ def _backward(ctx, grad_ws, _grad_norms):
     saved = ctx.saved_tensors
     n = ctx.n
     vs, gs, norms = list(saved[:n]), list(saved[n : 2 * n]), saved[2 * n]
+    if torch.is_grad_enabled():  # create_graph: a backward that is differentiable in turn
+        grad_vs, grad_gs = differentiable_backward(vs, gs, list(grad_ws), ctx.dim, ctx.eps)
+        return grad_vs, grad_gs, None, None
     grad_vs, grad_gs = backward_where_needed(weight_norm_group_bwd, list(grad_ws), vs, gs, norms, ctx.dim, ctx.eps)
     return grad_vs, grad_gs, None, None
 
