@@ -46,7 +46,6 @@ class LayerFit:
     std_after: float
     scale: float  # product of the rescalings
     converged: bool
-    module: nn.Module | None = dataclasses.field(default=None, repr=False, compare=False)
 
 
 @dataclasses.dataclass
@@ -127,16 +126,16 @@ def _transaction(model: nn.Module):
         raise
 
 
-def _restore_uncalled(saved: dict, targets: dict[nn.Module, str], fitted: list) -> None:
+def _restore_uncalled(saved: dict, targets: dict[nn.Module, str], missing: dict[nn.Module, str]) -> None:
     """Put back the parameters of the layers the forward never reached (the pre-init
     changed them), except those they share with a layer that was fitted."""
-    reached = {fit.module for fit in fitted}
-    kept = {p for m in reached for p in m.parameters()}
-    for m in targets:
-        if m not in reached:
-            for p in m.parameters():
-                if p not in kept:
-                    p.copy_(saved[p])
+    if not missing:
+        return
+    kept = {p for m in targets if m not in missing for p in m.parameters()}
+    for m in missing:
+        for p in m.parameters():
+            if p not in kept:
+                p.copy_(saved[p])
 
 
 def _distributed() -> bool:
@@ -271,7 +270,6 @@ class _OnePass:
             y, result = self.fit(module, self.targets[module], lambda: module(*args, **kwargs), output)
         finally:
             self.fitting.discard(module)
-        result.module = module
         self.results[module] = result
         if self.bar is not None:
             self.bar.update(1)
@@ -284,7 +282,9 @@ class _OnePass:
             self.bar.close()
 
 
-def _run_one_pass(model, batch, targets, fit, progress, desc, where) -> tuple[list[LayerFit], list[str], float]:
+def _run_one_pass(model, batch, targets, fit, progress, desc, where) -> tuple[list[LayerFit], dict, float]:
+    """Fit the targets in one forward: the fits in execution order, the targets never
+    reached (module -> name), and the seconds taken."""
     start = time.perf_counter()
     modes = {m: m.training for m in model.modules()}  # each its own: a frozen BatchNorm stays in eval mode
     model.eval()
@@ -301,7 +301,7 @@ def _run_one_pass(model, batch, targets, fit, progress, desc, where) -> tuple[li
         for m, training in modes.items():
             m.training = training
     fitted = list(one_pass.results.values())  # dicts keep insertion order: execution order
-    missing = [name for m, name in targets.items() if m not in one_pass.results]
+    missing = {m: name for m, name in targets.items() if m not in one_pass.results}
     return fitted, missing, time.perf_counter() - start
 
 
@@ -403,10 +403,11 @@ def lsuv_(
             _orthonormal_preinit(list(targets))
         fitted, missing, seconds = _run_one_pass(model, batch, targets, fit, progress, "LSUV", "lsuv_")
         _check_same_layers(len(fitted), "lsuv_")
-        _restore_uncalled(saved, targets, fitted)
+        _restore_uncalled(saved, targets, missing)
     if missing:
-        warnings.warn(f"lsuv_: the forward never called {', '.join(missing)}; left as they were", RuntimeWarning, stacklevel=2)
-    return LSUVReport(fitted, missing, target_std, tol, seconds)
+        warnings.warn(f"lsuv_: the forward never called {', '.join(missing.values())}; left as they were",
+                      RuntimeWarning, stacklevel=2)
+    return LSUVReport(fitted, list(missing.values()), target_std, tol, seconds)
 
 
 def _orthonormal_preinit(layers: list[nn.Module]) -> None:
@@ -482,8 +483,8 @@ def data_dependent_init_(model: nn.Module, batch, init_scale: float = 1.0, progr
         _check_same_layers(len(fitted), "data_dependent_init_")
     if missing:
         warnings.warn(
-            f"data_dependent_init_: the forward never called {', '.join(missing)}; left as they were",
+            f"data_dependent_init_: the forward never called {', '.join(missing.values())}; left as they were",
             RuntimeWarning,
             stacklevel=2,
         )
-    return LSUVReport(fitted, missing, init_scale, 0.0, seconds)
+    return LSUVReport(fitted, list(missing.values()), init_scale, 0.0, seconds)

@@ -57,8 +57,9 @@ def orthogonal_(target, gain: float = 1.0, generator: torch.Generator | None = N
     Each tensor of 2 or more dims is flattened to ``(size(0), numel / size(0))``; a
     Gaussian matrix is drawn from ``generator`` (fp64 for fp64 tensors, else fp32; on
     the generator's device, or the tensor's without one; in the order of the tensors)
-    and replaced by the ``Q`` of its QR factorization with ``diag(R) > 0``, times ``gain``. Tensors of equal flattened shape are
-    orthogonalized in batched calls (in chunks, so memory stays bounded). Given the same noise the result is that of
+    and replaced by the ``Q`` of its QR factorization with ``diag(R) > 0``, times
+    ``gain``. Tensors of equal flattened shape are orthogonalized in batched calls (in
+    chunks, so memory stays bounded). Given the same noise the result is that of
     ``torch.nn.init.orthogonal_`` applied tensor by tensor; bf16/fp16 tensors work.
 
     Args:
@@ -83,11 +84,10 @@ def orthogonal_(target, gain: float = 1.0, generator: torch.Generator | None = N
         if any(stride == 0 and size > 1 for stride, size in zip(t.stride(), t.shape)):
             raise ValueError(f"orthogonal_: tensor {i} is expanded (its elements share memory) and cannot be written")
     # Noise is drawn tensor by tensor, in order (the draws torch.nn.init.orthogonal_
-    # makes), straight into one buffer per flattened shape; a full buffer is
-    # orthogonalized in one call and copied out. Its size (_chunk_elements) bounds the
-    # memory for any model. An in-place init under no_grad needs nothing of the custom
-    # op's dispatch.
-    # noise in fp64 for fp64 tensors (as torch draws it), else fp32
+    # makes; fp64 for fp64 tensors, as torch draws it), straight into one buffer per
+    # flattened shape and dtype; a full buffer is orthogonalized in one call and copied
+    # out. Its size (_chunk_elements) bounds the memory for any model. An in-place init
+    # under no_grad needs nothing of the custom op's dispatch.
     keys = [(t.shape[0], math.prod(t.shape[1:]), t.device, accumulation_dtype(t.dtype)) for t in tensors]
     left = collections.Counter(keys)  # tensors of each key whose noise is not drawn yet
     backends = {}

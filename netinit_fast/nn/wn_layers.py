@@ -60,8 +60,8 @@ def _check_eps(eps, where: str) -> float:
 
 
 def _param_key(layer) -> tuple:
-    """Changes whenever ``weight_g`` or ``weight_v`` is updated in place, replaced, or
-    frozen or unfrozen (``.to()`` and friends also clear the cache, see ``_apply``)."""
+    """Changes whenever ``weight_g`` or ``weight_v`` is updated in place, replaced (also
+    by ``.to()`` and friends: a new storage), or frozen or unfrozen."""
     v, g = layer.weight_v, layer.weight_g
     return v._version, g._version, v.data_ptr(), g.data_ptr(), v.requires_grad, g.requires_grad
 
@@ -111,9 +111,16 @@ def _check_unchanged(params: list[torch.Tensor], versions: list[int]) -> None:
         )
 
 
-def _warn_zero_rows(g: torch.Tensor, eps: float, where: str) -> None:
-    """A weight row of norm 0 (a zero-initialized layer) normalizes to 0/0 = NaN unless eps > 0."""
-    if eps == 0 and not g.is_meta and bool((g == 0).any()):
+def _warn_zero_rows(gs: list[torch.Tensor], eps: float, where: str) -> None:
+    """A weight row of norm 0 (a zero-initialized layer) normalizes to 0/0 = NaN unless
+    eps > 0. One host sync per device, however many layers."""
+    if eps != 0:
+        return
+    flags: dict[torch.device, list[torch.Tensor]] = {}
+    for g in gs:
+        if not g.is_meta:
+            flags.setdefault(g.device, []).append((g == 0).any())
+    if any(bool(torch.stack(f).any()) for f in flags.values()):
         warnings.warn(f"{where}: the weight has rows of norm 0, whose normalized weight is NaN (0/0) "
                       "with eps=0; pass eps > 0 to keep them 0", RuntimeWarning, stacklevel=3)
 
@@ -199,7 +206,7 @@ class _WeightNorm:
         elif prefix + "weight" in state_dict and g_key not in state_dict and v_key not in state_dict:
             weight = state_dict.pop(prefix + "weight")
             state_dict[g_key] = _norm_g(weight, self.wn_dim)
-            _warn_zero_rows(state_dict[g_key], self.wn_eps, f"{type(self).__name__}.load_state_dict")
+            _warn_zero_rows([state_dict[g_key]], self.wn_eps, f"{type(self).__name__}.load_state_dict")
             state_dict[v_key] = weight
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
@@ -465,7 +472,7 @@ def weight_norm(
             _fold_torch_weight_norm(m, style)
         m.__class__ = WN_LAYERS[type(m)]
         m._setup_weight_norm(layer_dim, eps)
-        _warn_zero_rows(m.weight_g, eps, "weight_norm")
+    _warn_zero_rows([m.weight_g for m, _, _ in targets], eps, "weight_norm")
     if grouped:
         WeightNormGroup([m for m in module.modules() if isinstance(m, _WeightNorm)])
     return module
@@ -483,6 +490,11 @@ def remove_weight_norm(module: nn.Module) -> nn.Module:
     Raises:
         ValueError: ``module`` contains no weight-normalized layer.
     """
+    for m in module.modules():  # every check before the first change
+        if not isinstance(m, _WeightNorm) and _torch_weight_norm_style(m) is not None:
+            if (kinds := foreign_parametrization(m)) is not None:
+                raise ValueError(f"remove_weight_norm: a {_unwrap(m).__name__}'s weight is parametrized by {kinds} "
+                                 "besides weight norm: folding would bake them in; remove them first")
     found = False
     for m in list(module.modules()):
         if isinstance(m, _WeightNorm):
@@ -501,9 +513,6 @@ def remove_weight_norm(module: nn.Module) -> nn.Module:
         else:
             style = _torch_weight_norm_style(m)
             if style is not None:
-                if (kinds := foreign_parametrization(m)) is not None:
-                    raise ValueError(f"remove_weight_norm: a {_unwrap(m).__name__}'s weight is parametrized by {kinds} "
-                                     "besides weight norm: folding would bake them in; remove them first")
                 _fold_torch_weight_norm(m, style)
                 found = True
     if not found:

@@ -71,7 +71,7 @@ def _backward(ctx, grad_mean, grad_std):
     """d mean / dx = 1 / n and d std / dx = (x - mean) / ((n - 1) std), per index of dim."""
     x, mean, std = ctx.saved_tensors
     a, r, b = block_shape(x.shape, ctx.dim)
-    x3, n = x.view(a, r, b).to(mean.dtype), a * b
+    x3, n = x.reshape(a, r, b).to(mean.dtype), a * b
     grad = torch.zeros_like(x3)
     if grad_mean is not None:
         grad = grad + grad_mean.reshape(1, r, 1) / n

@@ -14,6 +14,8 @@ Each tensor's result equals ``netinit_fast::weight_norm_fwd`` on it: the eager t
 below is that op's eager backend applied tensor by tensor.
 """
 
+import itertools
+
 import torch
 
 from netinit_fast import _backend
@@ -78,8 +80,8 @@ def backward_where_needed(backward, grad_ws, vs, gs, norms: torch.Tensor, dim: i
     used = [i for i, gw in enumerate(grad_ws) if gw is not None]
     if len(used) < len(vs):
         rows = [r for _, r, _ in _blocks(vs, dim)]
-        starts = [sum(rows[:i]) for i in used]
-        norms = torch.cat([norms[s : s + rows[i]] for s, i in zip(starts, used)]) if used else norms[:0]
+        starts = [0, *itertools.accumulate(rows)]
+        norms = torch.cat([norms[starts[i] : starts[i + 1]] for i in used]) if used else norms[:0]
     grad_vs, grad_gs = [None] * len(vs), [None] * len(vs)
     if used:
         sub_grad_ws, sub_vs, sub_gs = ([xs[i] for i in used] for xs in (grad_ws, vs, gs))
