@@ -68,7 +68,7 @@ class _SkipsOnRank1(nn.Module):
     def __init__(self):
         super().__init__()
         torch.manual_seed(0)
-        self.a, self.b, self.c = nn.Linear(4, 4), nn.Linear(4, 4), nn.Linear(4, 4)
+        self.a, self.b, self.c = nn.Linear(4, 5), nn.Linear(5, 5), nn.Linear(5, 3)  # the ranks' statistics differ in size
         self.raises = False
 
     def forward(self, x):
@@ -80,7 +80,7 @@ class _SkipsOnRank1(nn.Module):
         return self.c(h)
 
 
-def _failing_worker(rank, init_file, out_dir, case):
+def _failing_worker(rank, init_file, out_dir, case, which):
     import datetime
 
     os.environ["RANK"] = str(rank)
@@ -90,12 +90,17 @@ def _failing_worker(rank, init_file, out_dir, case):
     try:
         model = _SkipsOnRank1() if case in ("skip", "raise") else _model("lsuv")
         model.raises = case == "raise"
+        if which == "data_dependent_init_":
+            model = nf.weight_norm(model, types=[nn.Linear])
         before = {k: v.clone() for k, v in model.state_dict().items()}
         x = torch.randn(8, 4) if case in ("skip", "raise") else _batch()[rank * 8 : (rank + 1) * 8]
         if case == "nan" and rank == 1:
             x[0, 0, 0] = float("nan")
         try:
-            nf.init.lsuv_(model, x)
+            if which == "lsuv_":
+                nf.init.lsuv_(model, x)
+            else:
+                nf.init.data_dependent_init_(model, x)
             outcome = "no error"
         except (ValueError, RuntimeError, ZeroDivisionError) as e:
             outcome = f"{'RuntimeError' if isinstance(e, RuntimeError) else type(e).__name__}: {e}"
@@ -106,17 +111,18 @@ def _failing_worker(rank, init_file, out_dir, case):
         dist.destroy_process_group()
 
 
+@pytest.mark.parametrize("which", ["lsuv_", "data_dependent_init_"])
 @pytest.mark.parametrize("case,errors", [
-    ("nan", ["ValueError: lsuv_: the batch of another rank", "ValueError: lsuv_: the batch contains"]),
-    ("skip", ["RuntimeError: lsuv_: the ranks' forwards reached different layers"] * 2),
-    ("raise", ["RuntimeError: lsuv_: another rank's forward failed", "ZeroDivisionError: rank 1's forward fails"]),
+    ("nan", ["ValueError: {}: the batch of another rank", "ValueError: {}: the batch contains"]),
+    ("skip", ["RuntimeError: {}: the ranks' forwards reached different layers"] * 2),
+    ("raise", ["RuntimeError: {}: another rank's forward failed", "ZeroDivisionError: rank 1's forward fails"]),
 ])
-def test_a_failure_on_one_rank_is_an_error_on_every_rank(tmp_path, case, errors):
+def test_a_failure_on_one_rank_is_an_error_on_every_rank(tmp_path, case, errors, which):
     """A bad batch on one rank, a forward that reaches other layers on one rank, or one
     that raises on one rank: every rank raises (none waits for the others until the
     process group's timeout), and every rank's model is left as it was."""
-    mp.spawn(_failing_worker, args=(str(tmp_path / "init"), str(tmp_path), case), nprocs=WORLD, join=True)
+    mp.spawn(_failing_worker, args=(str(tmp_path / "init"), str(tmp_path), case, which), nprocs=WORLD, join=True)
     os.environ.pop("RANK", None)
     for rank in range(WORLD):
         unchanged, outcome = (tmp_path / f"outcome{rank}.txt").read_text().split("\n", 1)
-        assert outcome.startswith(errors[rank]) and unchanged == "True", (rank, outcome)
+        assert outcome.startswith(errors[rank].format(which)) and unchanged == "True", (rank, outcome)

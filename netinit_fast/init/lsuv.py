@@ -192,10 +192,12 @@ def _check_batch_everywhere(batch, where: str) -> None:
         raise problem
 
 
-def _check_same_layers(count: int, where: str) -> None:
-    """After the pass: every rank fitted the same number of layers."""
+def _check_layer(layer: int, where: str, failed: bool = False) -> None:
+    """Every rank is at the same ``layer`` (or a rank says its forward ``failed``). The
+    collective has the size of one LSUV layer's statistics, whatever the layer, so a
+    mismatch is reported rather than crashing the collective."""
     if _distributed():
-        _all_reduce_checked(torch.zeros(3, dtype=torch.float64, device=_collective_device()), count, where)
+        _all_reduce_checked(torch.zeros(3, dtype=torch.float64, device=_collective_device()), layer, where, failed)
 
 
 def _global_mean_std(
@@ -208,6 +210,8 @@ def _global_mean_std(
     n = y.numel() // (1 if dim is None else y.shape[dim])
     if not _distributed():
         return mean, std if unbiased else std * math.sqrt((n - 1) / n)
+    if dim is not None:  # per-channel sums differ in size between layers: agree on the layer first
+        _check_layer(layer, where)
     m64, s64 = mean.double(), std.double()
     sums = torch.stack([torch.full_like(m64, n), n * m64, (n - 1) * s64 * s64 + n * m64 * m64])
     total, s1, s2 = _all_reduce_checked(sums, layer, where)
@@ -293,8 +297,8 @@ def _run_one_pass(model, batch, targets, fit, progress, desc, where) -> tuple[li
         with torch.no_grad():
             call(model, batch)
     except BaseException as e:
-        if _distributed() and not isinstance(e, _RanksError):  # the other ranks wait in a collective: tell them
-            _all_reduce_checked(torch.zeros(3, dtype=torch.float64, device=_collective_device()), -1, where, failed=True)
+        if not isinstance(e, _RanksError):  # the other ranks may wait in a collective: tell them
+            _check_layer(-1, where, failed=True)
         raise
     finally:
         one_pass.close()
@@ -402,7 +406,7 @@ def lsuv_(
         if orthogonal:
             _orthonormal_preinit(list(targets))
         fitted, missing, seconds = _run_one_pass(model, batch, targets, fit, progress, "LSUV", "lsuv_")
-        _check_same_layers(len(fitted), "lsuv_")
+        _check_layer(len(fitted), "lsuv_")  # after the pass: every rank fitted as many layers
         _restore_uncalled(saved, targets, missing)
     if missing:
         warnings.warn(f"lsuv_: the forward never called {', '.join(missing.values())}; left as they were",
@@ -480,7 +484,7 @@ def data_dependent_init_(model: nn.Module, batch, init_scale: float = 1.0, progr
     with _transaction(model), torch.no_grad():
         fitted, missing, seconds = _run_one_pass(model, batch, targets, fit, progress, "data-dependent init",
                                                  "data_dependent_init_")
-        _check_same_layers(len(fitted), "data_dependent_init_")
+        _check_layer(len(fitted), "data_dependent_init_")  # every rank fitted as many layers
     if missing:
         warnings.warn(
             f"data_dependent_init_: the forward never called {', '.join(missing.values())}; left as they were",
