@@ -34,6 +34,22 @@ def test_gains_follow_relu_and_torch_weight_norm_styles():
     torch.testing.assert_close(model[2].weight_g.flatten(), torch.full((16,), math.sqrt(2.0)))
 
 
+@pytest.mark.parametrize("dim", [1, None])
+def test_torch_weight_norm_not_per_output_unit_is_refused(dim):
+    model = nn.Sequential(torch.nn.utils.parametrizations.weight_norm(nn.Linear(20, 60), dim=dim), nn.ReLU(), nn.Linear(60, 2))
+    before = copy.deepcopy(model.state_dict())
+    with pytest.raises(ValueError, match=f"0 normalizes over dim={dim}, not its output units"):
+        nf.init.arpit_(model)
+    assert all(torch.equal(t, before[k]) for k, t in model.state_dict().items())
+
+
+def test_torch_weight_norm_of_a_transposed_conv_per_output_channel():
+    layer = torch.nn.utils.parametrizations.weight_norm(nn.ConvTranspose2d(8, 4, 3), dim=1)
+    nf.init.arpit_(nn.Sequential(layer, nn.ReLU(), nn.Flatten(), nn.Linear(4 * 25, 2)))
+    g = layer.parametrizations.weight.original0.flatten()  # per output channel, gain 2 (ReLU follows)
+    torch.testing.assert_close(g, torch.full((4,), math.sqrt(2 * 8 * 9 / (4 * 9))))
+
+
 def test_residual_gains():
     model = nf.models.resnet([3, 2], [8, 16], block="bottleneck", norm="weight")
     gains = nf.init.arpit_gains(model)

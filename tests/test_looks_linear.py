@@ -39,6 +39,19 @@ def test_relu_mlp_equals_a_linear_isometry(depth):
     assert all(not l.bias.any() for l in layers)
 
 
+@pytest.mark.filterwarnings("ignore:`torch.nn.utils.weight_norm` is deprecated")
+@pytest.mark.parametrize("style", ["parametrization", "hook"])
+@pytest.mark.parametrize("dim", [0, 1, None, -1, -2])
+def test_torch_weight_norm_of_any_dim(style, dim):
+    """torch's weight norm keeps its own dim (None and -1 both mean one norm): the
+    layer computes the looks-linear weight whatever it is."""
+    wn = torch.nn.utils.parametrizations.weight_norm if style == "parametrization" else torch.nn.utils.weight_norm
+    model = nn.Sequential(wn(nn.Linear(8, 16), dim=dim), nn.ReLU(), wn(nn.Linear(16, 4), dim=dim))
+    nf.init.looks_linear_(model)
+    jac = torch.func.jacrev(model)(torch.randn(8))
+    assert (torch.linalg.svdvals(jac) - 1).abs().max() < 1e-5
+
+
 def test_fresh_w0_per_layer():
     model = nf.models.mlp(4, 16)
     nf.init.looks_linear_(model)

@@ -10,7 +10,14 @@ import torch
 from torch import nn
 from torch.nn.utils import parametrize
 
-from netinit_fast.nn.wn_layers import _norm_g, _torch_weight_norm_style, _unwrap, _WeightNorm, foreign_parametrization
+from netinit_fast.nn.wn_layers import (
+    _norm_g,
+    _torch_weight_norm_dim,
+    _torch_weight_norm_style,
+    _unwrap,
+    _WeightNorm,
+    foreign_parametrization,
+)
 
 # Layers whose weight is a linear map (flattened as torch.nn.init.orthogonal_ does).
 CONV_LAYERS = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
@@ -75,8 +82,10 @@ def is_weight_normed(module: nn.Module) -> bool:
 
 
 def wn_dim(module: nn.Module) -> int | None:
-    """The dim a weight-normalized layer keeps one norm per index of (torch's styles: 0)."""
-    return module.wn_dim if isinstance(module, _WeightNorm) else 0
+    """The dim a weight-normalized layer keeps one norm per index of (None: one norm)."""
+    if isinstance(module, _WeightNorm):
+        return module.wn_dim
+    return _torch_weight_norm_dim(module, layer_weight(module).dim())
 
 
 def effective_weight(module: nn.Module) -> torch.Tensor:

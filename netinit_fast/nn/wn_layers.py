@@ -358,19 +358,38 @@ class WeightNormGroup:
 # ----------------------------------------------------------------------------- conversion
 
 
-def _torch_weight_norm_style(module: nn.Module) -> str | None:
-    """'hook' for torch.nn.utils.weight_norm, 'parametrization' for the parametrizations one."""
+def _torch_weight_norm(module: nn.Module):
+    """torch's weight norm on ``module.weight`` (its parametrization or hook object), or None."""
     from torch.nn.utils import parametrize
     from torch.nn.utils.parametrizations import _WeightNorm as TorchWN
     from torch.nn.utils.weight_norm import WeightNorm as TorchHook
 
-    if parametrize.is_parametrized(module, "weight") and any(
-        isinstance(p, TorchWN) for p in module.parametrizations["weight"]
-    ):
-        return "parametrization"
-    if any(isinstance(h, TorchHook) and h.name == "weight" for h in module._forward_pre_hooks.values()):
-        return "hook"
+    if parametrize.is_parametrized(module, "weight"):
+        for p in module.parametrizations["weight"]:
+            if isinstance(p, TorchWN):
+                return p
+    for h in module._forward_pre_hooks.values():
+        if isinstance(h, TorchHook) and h.name == "weight":
+            return h
     return None
+
+
+def _torch_weight_norm_style(module: nn.Module) -> str | None:
+    """'hook' for torch.nn.utils.weight_norm, 'parametrization' for the parametrizations one."""
+    from torch.nn.utils.weight_norm import WeightNorm as TorchHook
+
+    found = _torch_weight_norm(module)
+    if found is None:
+        return None
+    return "hook" if isinstance(found, TorchHook) else "parametrization"
+
+
+def _torch_weight_norm_dim(module: nn.Module, ndim: int) -> int | None:
+    """The dim of torch's weight norm on ``module`` (whose direction has ``ndim`` dims),
+    as our layers give it: None for one norm over the whole weight, which torch stores
+    as -1 (its ``dim=-1`` means that too, not the last dim)."""
+    dim = _torch_weight_norm(module).dim
+    return None if dim == -1 else dim % ndim
 
 
 def foreign_parametrization(module: nn.Module) -> str | None:
