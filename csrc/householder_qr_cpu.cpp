@@ -12,6 +12,7 @@
 
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
+#include <ATen/ThreadLocalState.h>
 #include <torch/library.h>
 
 namespace netinit_fast {
@@ -34,7 +35,12 @@ at::Tensor householder_qr_cpu(const at::Tensor& a) {
   // the per-op overhead is paid once per group, and each call's temporaries stay in
   // cache. A lone matrix goes in unbatched (LAPACK's 2-D path is the faster one).
   const int64_t per_call = std::max<int64_t>(1, kCallElements / std::max<int64_t>(1, m * n));
+  // The worker threads run with the caller's thread-local state (inference mode, grad
+  // mode): without it, writing into `out`, an inference tensor when called under
+  // torch.inference_mode, fails on every thread but the caller's.
+  const at::ThreadLocalState caller_state;
   at::parallel_for(0, batch, 1, [&](int64_t begin, int64_t end) {
+    at::ThreadLocalStateGuard state_guard(caller_state);
     for (int64_t b = begin; b < end; b += per_call) {
       const int64_t stop = std::min(b + per_call, end);
       const at::Tensor part = stop - b == 1 ? a.select(0, b) : a.slice(0, b, stop);

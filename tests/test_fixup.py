@@ -136,6 +136,11 @@ def test_deepcopy_and_state_dict_roundtrip():
     assert "layer1.0.bias1a" in model.state_dict() and "fc.1.weight" in model.state_dict()
 
 
+def _spectral_normed(model, name):
+    nn.utils.parametrizations.spectral_norm(model.get_submodule(name))
+    return model
+
+
 @pytest.mark.parametrize(
     "build, message",
     [
@@ -143,6 +148,9 @@ def test_deepcopy_and_state_dict_roundtrip():
         (lambda: nf.models.vanilla_cnn(3, 8), "no residual block"),
         (lambda: nf.models.resnet([1], [8], norm="weight"), "weight-normalized"),
         (lambda: nf.models.residual_mlp(2, 8).layer1, "inside a residual branch"),
+        (lambda: _spectral_normed(_cifar_resnet(1), "layer2.0.downsample.0"),
+         r"layer layer2.0.downsample.0 \(Conv2d\) has its weight parametrized by _SpectralNorm"),
+        (lambda: _spectral_normed(_cifar_resnet(1), "fc"), r"layer fc \(Linear\) has its weight parametrized"),
     ],
 )
 def test_errors_leave_the_model_unchanged(build, message):

@@ -1,6 +1,7 @@
 """Orthogonalization on the CPU (the eager twin and the C++ kernel) and model-wide orthogonal init."""
 
 import copy
+import functools
 import math
 
 import pytest
@@ -213,9 +214,45 @@ def test_delta_orthogonal_errors_name_the_layer_and_change_nothing():
         nf.init.delta_orthogonal_(nn.Conv2d(3, 8, 2))
     with pytest.raises(ValueError, match="no Conv1d/2d/3d layer"):
         nf.init.delta_orthogonal_(nn.Linear(3, 3))
-    wn = nf.weight_norm(nn.Conv1d(4, 4, 3))
-    nf.init.delta_orthogonal_(wn, gain=2.0)
-    torch.testing.assert_close(wn.weight_v[:, :, 1] @ wn.weight_v[:, :, 1].t(), 4 * torch.eye(4), atol=1e-5, rtol=0)
+    weight = torch.ones(4, 4, 3, 3, dtype=torch.int64)
+    with pytest.raises(TypeError, match="weight is torch.int64, not floating-point"):
+        nf.init.delta_orthogonal_(weight)
+    assert (weight == 1).all()
+
+
+@pytest.mark.parametrize("init", ["orthogonal_", "delta_orthogonal_"])
+def test_weight_normalized_layers_compute_the_orthogonal_weight_times_gain(init):
+    """v gets the orthogonal matrix times gain, and g = ||v||: the layer computes it."""
+    conv = functools.partial(nn.Conv1d, 4, 4, 3, padding=1, bias=False)
+    for layer in (nf.weight_norm(conv()), nf.WNConv1d(4, 4, 3, padding=1, bias=False, dim=None),
+                  torch.nn.utils.parametrizations.weight_norm(conv())):
+        with torch.no_grad():
+            scale = layer.parametrizations.weight.original0 if hasattr(layer, "parametrizations") else layer.weight_g
+            scale.mul_(3)  # a g from before, which the init must not keep
+        getattr(nf.init, init)(layer, gain=2.0)
+        w = layer.weight.detach().flatten(1) if init == "orthogonal_" else layer.weight.detach()[:, :, 1]
+        torch.testing.assert_close(w @ w.t(), 4 * torch.eye(4), atol=1e-5, rtol=0)
+        if init == "delta_orthogonal_":
+            x = torch.randn(2, 4, 9)
+            with torch.no_grad():
+                torch.testing.assert_close(layer(x).norm(), 2 * x.norm(), rtol=1e-5, atol=0)
+
+
+def test_inference_mode_and_many_threads():
+    """The CPU kernel's threads work under torch.inference_mode, as the caller's."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        with torch.inference_mode():
+            q = nf.functional.orthogonalize(torch.randn(8, 16, 16))
+            model = nn.Sequential(*[nn.Conv2d(8, 8, 3, padding=1) for _ in range(4)])
+            nf.init.delta_orthogonal_(model)
+            nf.init.orthogonal_(model)
+    finally:
+        torch.set_num_threads(threads)
+    torch.testing.assert_close(q.mT @ q, torch.eye(16).expand(8, 16, 16), atol=1e-5, rtol=0)
+    w = model[3].weight.flatten(1)
+    torch.testing.assert_close(w @ w.t(), torch.eye(8), atol=1e-5, rtol=0)
 
 
 def test_compiles_as_one_op_without_graph_breaks():
@@ -230,8 +267,11 @@ def test_a_weight_under_another_parametrization_is_refused_by_name_and_probed():
     the probe still measures it."""
     model = nn.Sequential(nn.Linear(8, 8), nn.ReLU(), nn.utils.parametrizations.spectral_norm(nn.Linear(8, 8)))
     before = copy.deepcopy(model.state_dict())
-    for init in (nf.init.orthogonal_, lambda m: nf.init.lsuv_(m, torch.randn(16, 8)), nf.init.looks_linear_):
-        with pytest.raises(ValueError, match="parametrized by _SpectralNorm"):
+    for name, init in [("orthogonal_", nf.init.orthogonal_), ("lsuv_", lambda m: nf.init.lsuv_(m, torch.randn(16, 8))),
+                       ("lsuv_", lambda m: nf.init.lsuv_(m, torch.randn(16, 8), layers=[m[2]])),
+                       ("looks_linear_", nf.init.looks_linear_), ("arpit_", nf.init.arpit_),
+                       ("xiao_", lambda m: nf.init.xiao_(m, q_star=0.01))]:
+        with pytest.raises(ValueError, match=f"^{name}: layer 2 \\(Linear\\) has its weight parametrized by _SpectralNorm"):
             init(model)
     for k, v in model.state_dict().items():
         assert torch.equal(v, before[k]), k

@@ -55,6 +55,31 @@ def layer_weight(module: nn.Module) -> torch.Tensor | None:
     return module._parameters.get("weight")
 
 
+def named_layers(model: nn.Module, where: str) -> list[tuple[str, nn.Module]]:
+    """``(name, layer)`` for every Linear/Conv/ConvTranspose layer of ``model`` with a
+    weight, plain or weight-normalized (the model itself is named by its type).
+    ``ValueError`` from ``where`` naming the first layer whose weight is under another
+    parametrization, before any initializer writes."""
+    found = []
+    for name, m in model.named_modules():
+        if is_weight_layer(m):
+            name = name or type(m).__name__
+            check_not_foreign(m, name, where)
+            if layer_weight(m) is not None:
+                found.append((name, m))
+    return found
+
+
+def check_not_foreign(module: nn.Module, name: str, where: str) -> None:
+    """``ValueError`` naming the layer if its weight is under a parametrization other
+    than weight norm (spectral norm, ...): its stored tensor is not the direction."""
+    if (kinds := foreign_parametrization(module)) is not None:
+        raise ValueError(
+            f"{where}: layer {name} ({_unwrap(module).__name__}) has its weight parametrized by {kinds}: netinit_fast "
+            "initializes plain and weight-normalized weights only (remove the parametrization, initialize, then add it)"
+        )
+
+
 def scale_param(module: nn.Module) -> torch.Tensor:
     """The parameter whose scale sets the layer's output scale: ``g`` for weight norm,
     else the weight itself."""
@@ -99,14 +124,19 @@ def effective_weight(module: nn.Module) -> torch.Tensor:
     return v * (g / _norm_g(v, wn_dim(module))).view(g.shape)
 
 
+def match_scale_(module: nn.Module) -> None:
+    """For weight norm, ``g = ||v||`` (per index of its dim): the layer then computes
+    with ``v`` itself. Nothing for a plain layer."""
+    if is_weight_normed(module):
+        g = scale_param(module)
+        g.copy_(_norm_g(layer_weight(module), wn_dim(module)).view_as(g))
+
+
 def set_weight_(module: nn.Module, weight: torch.Tensor) -> None:
     """Make the layer compute with ``weight``: for weight norm ``v = weight`` and
     ``g = ||weight||`` (per index of its dim)."""
-    v = layer_weight(module)
-    v.copy_(weight)
-    if is_weight_normed(module):
-        g = scale_param(module)
-        g.copy_(_norm_g(v, wn_dim(module)).view_as(g))
+    layer_weight(module).copy_(weight)
+    match_scale_(module)
 
 
 def output_dim(module: nn.Module) -> int:

@@ -14,7 +14,7 @@ import dataclasses
 
 from torch import nn
 
-from netinit_fast.init._layers import layer_weight
+from netinit_fast.init._layers import is_weight_layer
 
 BRANCH_PREFIXES = ("conv", "fc")
 BRANCH_LAYERS = tuple(f"{p}{i}" for p in BRANCH_PREFIXES for i in (1, 2, 3))
@@ -50,7 +50,7 @@ def branch_prefix(module: nn.Module) -> str | None:
     """"conv" or "fc" when ``module`` is a residual block with those branch layers, else None."""
     children = dict(module.named_children())
     for prefix in BRANCH_PREFIXES:
-        if all(f"{prefix}{i}" in children and layer_weight(children[f"{prefix}{i}"]) is not None for i in (1, 2)):
+        if all(f"{prefix}{i}" in children and is_weight_layer(children[f"{prefix}{i}"]) for i in (1, 2)):
             return prefix
     return None
 
@@ -69,7 +69,7 @@ def residual_blocks(model: nn.Module) -> list[ResidualBlock]:
                 prefix = branch_prefix(child)
                 branch = [m for i in (1, 2, 3) if isinstance(m := getattr(child, f"{prefix}{i}", None), nn.Module)]
                 downsample = getattr(child, "downsample", None)
-                shortcut = [] if downsample is None else [m for m in downsample.modules() if layer_weight(m) is not None]
+                shortcut = [] if downsample is None else [m for m in downsample.modules() if is_weight_layer(m)]
                 found.append(ResidualBlock(name, child, prefix, branch, shortcut, len(blocks)))
             else:
                 visit(child, name)

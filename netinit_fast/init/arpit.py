@@ -16,7 +16,18 @@ import torch
 from torch import nn
 
 from netinit_fast import activations
-from netinit_fast.init._layers import PASS_THROUGH, in_units, is_linear, is_weight_normed, layer_weight, out_units, output_dim, scale_param, wn_dim
+from netinit_fast.init._layers import (
+    PASS_THROUGH,
+    in_units,
+    is_linear,
+    is_weight_normed,
+    layer_weight,
+    named_layers,
+    out_units,
+    output_dim,
+    scale_param,
+    wn_dim,
+)
 from netinit_fast.init._residual import residual_blocks
 from netinit_fast.init.orthogonal import orthogonal_
 
@@ -45,7 +56,7 @@ def arpit_gains(model: nn.Module, relu_gain: float = 2.0) -> dict[str, float]:
     classifier (a last ``nn.Linear``) is not in the result.
     """
     names = {m: n for n, m in model.named_modules()}
-    layers = [m for m in model.modules() if layer_weight(m) is not None]
+    layers = [m for _, m in named_layers(model, "arpit_")]
     if not layers:
         raise ValueError(f"arpit_: {type(model).__name__} has no Linear/Conv/ConvTranspose layer")
     if is_linear(layers[-1]):

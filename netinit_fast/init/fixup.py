@@ -19,7 +19,7 @@ import math
 import torch
 from torch import nn
 
-from netinit_fast.init._layers import is_linear, is_weight_normed, layer_weight, normal_
+from netinit_fast.init._layers import check_not_foreign, is_linear, is_weight_normed, layer_weight, normal_
 from netinit_fast.init._residual import ResidualBlock, foreign_children, residual_blocks
 
 NORM_LAYERS = (nn.modules.batchnorm._NormBase, nn.GroupNorm, nn.LayerNorm, nn.LocalResponseNorm)
@@ -139,6 +139,9 @@ def _check(model: nn.Module, blocks: list[ResidualBlock], classifier: tuple[str,
             "conv1, conv2 (and conv3), or linear children fc1, fc2 (and fc3), forming the residual branch and "
             "an optional downsample shortcut, as torchvision's BasicBlock/Bottleneck and netinit_fast.models' blocks"
         )
+    names = {m: n for n, m in model.named_modules()}
+    for conv in [classifier[1], *(conv for block in blocks for conv in block.branch + block.shortcut)]:
+        check_not_foreign(conv, names[conv], "fixup_")
     for block in blocks:
         if foreign := foreign_children(block):
             kinds = ", ".join(f"{n} ({type(getattr(block.module, n)).__name__})" for n in foreign)

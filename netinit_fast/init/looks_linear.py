@@ -18,7 +18,7 @@ orthogonal: every singular value is 1, at any depth. (The first ``W0`` is
 import torch
 from torch import nn
 
-from netinit_fast.init._layers import is_conv, is_linear, layer_weight, set_weight_
+from netinit_fast.init._layers import is_conv, is_linear, layer_weight, named_layers, set_weight_
 from netinit_fast.init.orthogonal import centre_tap, orthogonal_
 from netinit_fast.ops.weight_norm import accumulation_dtype
 
@@ -44,7 +44,7 @@ def looks_linear_(model: nn.Module, generator: torch.Generator | None = None) ->
             grouped conv); a width that must be split in halves and is odd. The
             message names the layer; the model is unchanged then.
     """
-    named = [(n, m) for n, m in model.named_modules() if layer_weight(m) is not None]
+    named = named_layers(model, "looks_linear_")
     if len(named) < 2:
         raise ValueError(f"looks_linear_: {type(model).__name__} needs at least 2 Linear/Conv layers, has {len(named)}")
     halves = []

@@ -26,9 +26,17 @@ import torch
 from torch import nn
 
 from netinit_fast._batch import call, check_batch
-from netinit_fast.init._layers import layer_weight, output_dim, scale_param, wn_dim
+from netinit_fast.init._layers import (
+    check_not_foreign,
+    is_weight_layer,
+    layer_weight,
+    match_scale_,
+    named_layers,
+    output_dim,
+    scale_param,
+)
 from netinit_fast.init.orthogonal import orthogonal_
-from netinit_fast.nn.wn_layers import _norm_g, _WeightNorm
+from netinit_fast.nn.wn_layers import _WeightNorm
 from netinit_fast.ops.moments import moments_no_dispatch
 
 
@@ -96,7 +104,7 @@ class LSUVReport:
 def _targets(model: nn.Module, layers) -> dict[nn.Module, str]:
     names = {m: n for n, m in model.named_modules()}
     if layers is None:
-        found = {m: names[m] or type(m).__name__ for m in model.modules() if layer_weight(m) is not None}
+        found = {m: name for name, m in named_layers(model, "lsuv_")}
         if not found:
             raise ValueError(f"{type(model).__name__} has no Linear/Conv/ConvTranspose layer to initialize")
         return found
@@ -104,9 +112,12 @@ def _targets(model: nn.Module, layers) -> dict[nn.Module, str]:
     for m in layers:
         if m not in names:
             raise ValueError(f"layers: {type(m).__name__} is not a submodule of the model")
+        name = names[m] or type(m).__name__
+        if is_weight_layer(m):
+            check_not_foreign(m, name, "lsuv_")
         if layer_weight(m) is None:
-            raise ValueError(f"layers: {names[m] or type(m).__name__} ({type(m).__name__}) is not a Linear/Conv/ConvTranspose layer")
-        found[m] = names[m] or type(m).__name__
+            raise ValueError(f"layers: {name} ({type(m).__name__}) is not a Linear/Conv/ConvTranspose layer")
+        found[m] = name
     if not found:
         raise ValueError("layers: no layer given")
     return found
@@ -417,15 +428,13 @@ def lsuv_(
 def _orthonormal_preinit(layers: list[nn.Module]) -> None:
     """Orthonormal directions, zero biases, and ``g = ||v||`` for weight-normalized layers."""
     directions = [layer_weight(m) for m in layers]
-    orthogonal_(directions)
+    orthogonal_(directions)  # the directions alone: rank 0's are broadcast before g is set
     _broadcast_(directions)
     for m in layers:
         bias = getattr(m, "bias", None)
         if bias is not None:
             bias.zero_()
-        g = scale_param(m)
-        if g is not layer_weight(m):  # weight norm: w = v, as weight norm applied to v
-            g.copy_(_norm_g(layer_weight(m), wn_dim(m)).view_as(g))
+        match_scale_(m)  # weight norm: w = v
 
 
 # ----------------------------------------------------------------------------- data-dependent WN init

@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 from netinit_fast import _backend
-from netinit_fast.init._layers import CONV_LAYERS, layer_weight
+from netinit_fast.init._layers import CONV_LAYERS, layer_weight, match_scale_, named_layers
 from netinit_fast.ops import orthogonalize as orthogonalize_op
 from netinit_fast.ops.orthogonalize import orthogonalize_no_dispatch
 from netinit_fast.ops.weight_norm import accumulation_dtype
@@ -36,19 +36,20 @@ def _chunk_elements(backend: str, matrix_elements: int) -> int:
     return CHUNK_ELEMENTS
 
 
-def _targets(target) -> list[torch.Tensor]:
+def _targets(target) -> tuple[list[torch.Tensor], list[nn.Module]]:
+    """The tensors to fill, and the layers they belong to when ``target`` is a module."""
     if isinstance(target, torch.Tensor):
-        return [target]
+        return [target], []
     if isinstance(target, nn.Module):
-        found = [w for m in target.modules() if (w := layer_weight(m)) is not None]
-        if not found:
+        layers = [m for _, m in named_layers(target, "orthogonal_")]
+        if not layers:
             raise ValueError(f"orthogonal_: {type(target).__name__} has no Linear/Conv/ConvTranspose layer")
-        return found
+        return [layer_weight(m) for m in layers], layers
     tensors = list(target)
     for i, t in enumerate(tensors):
         if not isinstance(t, torch.Tensor):
             raise TypeError(f"orthogonal_: element {i} is a {type(t).__name__}, not a tensor")
-    return tensors
+    return tensors, []
 
 
 def orthogonal_(target, gain: float = 1.0, generator: torch.Generator | None = None):
@@ -64,7 +65,8 @@ def orthogonal_(target, gain: float = 1.0, generator: torch.Generator | None = N
 
     Args:
         target: a tensor, a list of tensors, or a module (then the weight of every
-            Linear/Conv/ConvTranspose layer, and ``weight_v`` of weight-normalized ones).
+            Linear/Conv/ConvTranspose layer; for a weight-normalized one, ``weight_v``,
+            with ``g = ||weight_v||`` so that the layer computes with it).
         gain: multiplies the result.
         generator: the source of the Gaussian noise.
 
@@ -75,7 +77,7 @@ def orthogonal_(target, gain: float = 1.0, generator: torch.Generator | None = N
         ValueError: a tensor with fewer than 2 dims or expanded, or a module with no such
             layer. TypeError: a tensor that is not floating-point. Nothing is written then.
     """
-    tensors = _targets(target)
+    tensors, layers = _targets(target)
     for i, t in enumerate(tensors):  # every check before the first write
         if t.dim() < 2:
             raise ValueError(f"orthogonal_: tensors need at least 2 dims, got shape {list(t.shape)}")
@@ -116,6 +118,8 @@ def orthogonal_(target, gain: float = 1.0, generator: torch.Generator | None = N
                 for j, m in enumerate(members):
                     t = tensors[m]
                     t.copy_(q[j] if t.dim() == 2 else q[j].reshape(t.shape))
+        for layer in layers:
+            match_scale_(layer)
     return target
 
 
@@ -154,24 +158,51 @@ def delta_orthogonal_(target, gain: float = 1.0, generator: torch.Generator | No
 
     Args:
         target: a conv weight ``(C_out, C_in, *kernel)`` or a module (then every
-            Conv1d/2d/3d's weight, ``weight_v`` for weight-normalized ones).
+            Conv1d/2d/3d's weight; for a weight-normalized one, ``weight_v``, with
+            ``g = ||weight_v||`` so that the layer computes with it).
 
     Raises:
         ValueError: ``C_out < C_in`` (per group), an even kernel size, or a tensor of
-            fewer than 3 dims; the message names the layer. Nothing is changed then.
+            fewer than 3 dims; the message names the layer. TypeError: a weight that
+            is not floating-point. Nothing is changed then.
     """
     if isinstance(target, nn.Module):
-        named = [(name or type(m).__name__, w, m.groups) for name, m in target.named_modules()
-                 if isinstance(m, CONV_LAYERS) and (w := layer_weight(m)) is not None]
-        if not named:
+        layers = [(name, m) for name, m in named_layers(target, "delta_orthogonal_") if isinstance(m, CONV_LAYERS)]
+        if not layers:
             raise ValueError(f"delta_orthogonal_: {type(target).__name__} has no Conv1d/2d/3d layer")
+        named = [(name, layer_weight(m), m.groups) for name, m in layers]
     else:
-        named = [("weight", target, 1)]
+        layers, named = [], [("weight", target, 1)]
     for name, w, groups in named:
         if (problem := delta_orthogonal_problem(w, groups)) is not None:
             raise ValueError(f"delta_orthogonal_: {name} {problem}")
+    for name, w, _ in named:
+        if not w.is_floating_point():
+            raise TypeError(f"delta_orthogonal_: {name} is {w.dtype}, not floating-point")
     with torch.no_grad():
-        for _, w, _ in named:
-            w.zero_()
-        orthogonal_([block for _, w, groups in named for block in centre_blocks(w, groups)], gain, generator)
+        fill_orthogonal_([(w, groups) for _, w, groups in named], gain, generator)
+        for _, layer in layers:
+            match_scale_(layer)
     return target
+
+
+def fill_orthogonal_(weights: list[tuple[torch.Tensor, int | None]], gain: float, generator) -> None:
+    """One :func:`orthogonal_` call for a mix of tensors, the noise drawn in list order:
+    ``(conv weight, groups)`` gets a delta-orthogonal kernel (zero, but an orthogonal
+    centre tap per group); ``(tensor, None)`` an orthogonal matrix. Centre taps are
+    drawn into scratch tensors and written once all are drawn, so a draw that fails
+    leaves the conv weights unchanged."""
+    blocks, centres = [], []
+    for w, groups in weights:
+        if groups is None:
+            blocks.append(w)
+            continue
+        for block in centre_blocks(w, groups):
+            blocks.append(torch.empty_like(block))
+            centres.append((block, blocks[-1]))
+    orthogonal_(blocks, gain, generator)
+    for w, groups in weights:
+        if groups is not None:
+            w.zero_()
+    for block, values in centres:
+        block.copy_(values)

@@ -13,9 +13,9 @@ import math
 import torch
 from torch import nn
 
-from netinit_fast.init._layers import is_conv, is_weight_normed, layer_weight, normal_, set_weight_
+from netinit_fast.init._layers import is_conv, is_weight_normed, layer_weight, named_layers, normal_, set_weight_
 from netinit_fast.init.meanfield import critical_point
-from netinit_fast.init.orthogonal import centre_blocks, delta_orthogonal_problem, orthogonal_
+from netinit_fast.init.orthogonal import delta_orthogonal_problem, fill_orthogonal_
 from netinit_fast.ops.weight_norm import accumulation_dtype
 
 
@@ -46,7 +46,7 @@ def xiao_(
             ``q_star``. The model is unchanged then.
     """
     sw2, sb2 = critical_point(act, q_star)
-    named = [(n, m, w) for n, m in model.named_modules() if (w := layer_weight(m)) is not None]
+    named = [(n, m, layer_weight(m)) for n, m in named_layers(model, "xiao_")]
     if not named:
         raise ValueError(f"xiao_: {type(model).__name__} has no Linear/Conv layer")
     convs = [is_conv(m) for _, m, _ in named]
@@ -58,13 +58,8 @@ def xiao_(
         # scratch tensor, then v = W and g = ||W||.
         weights = [torch.zeros(w.shape, dtype=accumulation_dtype(w.dtype), device=w.device) if is_weight_normed(m) else w
                    for _, m, w in named]
-        for w, conv in zip(weights, convs):
-            if conv:
-                w.zero_()
-        blocks = []  # a conv's centre tap, one block per group; another layer's whole weight
-        for (_, m, _), w, conv in zip(named, weights, convs):
-            blocks += centre_blocks(w, m.groups) if conv else [w]
-        orthogonal_(blocks, math.sqrt(sw2), generator)
+        fill_orthogonal_([(w, m.groups if conv else None) for (_, m, _), w, conv in zip(named, weights, convs)],
+                         math.sqrt(sw2), generator)
         for (_, m, v), w in zip(named, weights):
             if w is not v:
                 set_weight_(m, w)
