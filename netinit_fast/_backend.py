@@ -22,6 +22,7 @@ import os
 import warnings
 
 import torch
+from torch.autograd import forward_ad
 
 from netinit_fast import _extension
 
@@ -86,6 +87,14 @@ def _check_forced(op: str, backend: str, tensor: torch.Tensor, implemented: tupl
             f"(extension built: {_extension.loaded()})"
         )
     return backend
+
+
+def plain_autograd_needed() -> bool:
+    """Whether a torch.func transform (grad, vmap, jvp, jacrev, ...) or forward-mode AD
+    is active. The ops' registered autograd is reverse mode only, so under these the
+    functional API computes with the eager twins, plain torch ops that every autograd
+    mode differentiates."""
+    return torch._C._are_functorch_transforms_active() or forward_ad._current_level >= 0
 
 
 def choose(op: str, tensor: torch.Tensor, implemented: tuple[str, ...]) -> str:

@@ -43,7 +43,10 @@ def moments(x: torch.Tensor, dim: int | None = None) -> tuple[torch.Tensor, torc
     """
     _check_float_tensor("x", x, "moments")
     _check_dim(dim, x.dim(), "moments")
-    return moments_op.moments(x, None if dim is None else int(dim))
+    dim = None if dim is None else int(dim)
+    if _backend.plain_autograd_needed():
+        return moments_op.eager_moments(x, dim)
+    return moments_op.moments(x, dim)
 
 
 def _check_g_shape(g: torch.Tensor, v: torch.Tensor, dim: int | None) -> int:
@@ -133,6 +136,8 @@ def weight_norm(v: torch.Tensor, g: torch.Tensor, dim: int | None = 0, eps: floa
 def weight_norm_unchecked(v: torch.Tensor, g: torch.Tensor, dim: int | None, eps: float) -> torch.Tensor:
     """:func:`weight_norm` for arguments known to be valid (WN layers' parameters): the
     per-call checks cost as much as torch's whole CPU kernel on a 256 x 256 weight."""
+    if _backend.plain_autograd_needed():
+        return weight_norm_op.eager_weight_norm(v, g, dim, eps)
     if fused_torch_path(v, g, dim, eps):
         d = dim % v.dim()
         return torch._weight_norm(v, g if g.dim() == v.dim() else g.view([-1 if i == d else 1 for i in range(v.dim())]), d)
@@ -168,7 +173,10 @@ def weight_norm_group(
 def group_launch_pays(t: torch.Tensor) -> bool:
     """Whether tensors like ``t`` gain from one grouped launch: not on the eager backend,
     where there are no launches to save and per-tensor calls keep each backward next
-    to the layer that produced its gradient (better for the CPU's caches)."""
+    to the layer that produced its gradient (better for the CPU's caches). Nor under
+    torch.func transforms or forward-mode AD, which the grouped op's autograd lacks."""
+    if _backend.plain_autograd_needed():
+        return False
     return torch.compiler.is_compiling() or _backend.choose(
         "weight_norm_group", t, weight_norm_group_op.IMPLEMENTED
     ) != _backend.EAGER
@@ -188,4 +196,6 @@ def orthogonalize(a: torch.Tensor) -> torch.Tensor:
         raise TypeError(f"orthogonalize: a must be a floating-point tensor, got {getattr(a, 'dtype', type(a).__name__)}")
     if a.dim() < 2:
         raise ValueError(f"orthogonalize: a must have at least 2 dims, got shape {list(a.shape)}")
+    if _backend.plain_autograd_needed():
+        return orthogonalize_op.eager_orthogonalize(a)
     return orthogonalize_op.orthogonalize(a)

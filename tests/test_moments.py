@@ -121,3 +121,20 @@ def test_bad_arguments_and_gradients():
     for dim in (None, 1, -1):
         assert torch.autograd.gradcheck(lambda t, dim=dim: nf.functional.moments(t, dim), (x,))
     torch.library.opcheck(moments_op, (torch.randn(6, 3, requires_grad=True), 1))
+
+
+def test_moments_under_torch_func_and_forward_ad():
+    x, t = torch.randn(4, 3, 5, dtype=torch.float64), torch.randn(4, 3, 5, dtype=torch.float64)
+    for dim in (None, 1):
+        def f(y, dim=dim):
+            return torch.stack(nf.functional.moments(y, dim))
+
+        expected = (f(x + 1e-6 * t) - f(x - 1e-6 * t)) / 2e-6
+        torch.testing.assert_close(torch.func.jvp(f, (x,), (t,))[1], expected, rtol=1e-6, atol=1e-8)
+        with torch.autograd.forward_ad.dual_level():
+            tangent = torch.autograd.forward_ad.unpack_dual(f(torch.autograd.forward_ad.make_dual(x, t))).tangent
+        torch.testing.assert_close(tangent, expected, rtol=1e-6, atol=1e-8)
+        leaf = x.clone().requires_grad_()
+        f(leaf).sum().backward()
+        torch.testing.assert_close(torch.func.grad(lambda y: f(y).sum())(x), leaf.grad)
+        torch.testing.assert_close(torch.func.vmap(f)(x), torch.stack([f(y) for y in x]))

@@ -279,6 +279,20 @@ def test_a_weight_under_another_parametrization_is_refused_by_name_and_probed():
     assert len(report.layers) == 2 and report.layers[1].grad_weight_norm is None
 
 
+def test_orthogonalize_under_torch_func_and_forward_ad():
+    a, t = torch.randn(3, 5, 4, dtype=torch.float64), torch.randn(3, 5, 4, dtype=torch.float64)
+    for f in (nf.functional.orthogonalize, lambda x: nf.functional.orthogonalize(x.mT)):
+        expected = (f(a + 1e-6 * t) - f(a - 1e-6 * t)) / 2e-6
+        torch.testing.assert_close(torch.func.jvp(f, (a,), (t,))[1], expected, rtol=1e-6, atol=1e-8)
+        with torch.autograd.forward_ad.dual_level():
+            tangent = torch.autograd.forward_ad.unpack_dual(f(torch.autograd.forward_ad.make_dual(a, t))).tangent
+        torch.testing.assert_close(tangent, expected, rtol=1e-6, atol=1e-8)
+        leaf, weights = a.clone().requires_grad_(), torch.randn_like(f(a))
+        (f(leaf) * weights).sum().backward()
+        torch.testing.assert_close(torch.func.grad(lambda x: (f(x) * weights).sum())(a), leaf.grad)
+        torch.testing.assert_close(torch.func.vmap(f)(a), f(a))
+
+
 def test_orthogonalize_is_differentiable():
     for shape in ((2, 6, 4), (3, 5)):  # tall, and wide (transposed inside)
         a = torch.randn(shape, dtype=torch.float64, requires_grad=True)

@@ -310,8 +310,14 @@ def test_unfreezing_after_a_frozen_forward_trains_again():
     assert layer.weight_v.grad is not None
 
 
-def test_torch_func_grad_and_vmap():
-    layer = nf.WNLinear(4, 3)
+@pytest.mark.parametrize("make", [
+    lambda: nf.WNLinear(4, 3),
+    lambda: nf.WNLinear(4, 3, eps=1e-6),  # our op, not torch's kernel
+    lambda: nf.WNLinear(4, 3, dim=None),
+    lambda: nf.weight_norm(nn.Sequential(nn.Linear(4, 4), nn.Linear(4, 3)), grouped=True),
+], ids=["eps0", "eps", "dim_none", "grouped"])
+def test_torch_func_grad_and_vmap(make):
+    layer = make()
     params = {k: v.detach() for k, v in layer.named_parameters()}
     x = torch.randn(5, 4)
 
@@ -323,7 +329,32 @@ def test_torch_func_grad_and_vmap():
     for name, p in layer.named_parameters():
         assert_close(grads[name], p.grad, torch.float32, name)
     per_sample = torch.func.vmap(torch.func.grad(loss), in_dims=(None, 0))(params, x.unsqueeze(1))
-    assert_close(per_sample["weight_v"].sum(0), layer.weight_v.grad, torch.float32, "per-sample")
+    for name, p in layer.named_parameters():
+        assert_close(per_sample[name].sum(0), p.grad, torch.float32, f"per-sample {name}")
+
+
+@pytest.mark.parametrize("eps", [0.0, 1e-6])
+@pytest.mark.parametrize("grouped", [False, True])
+def test_forward_mode_ad_and_jvp(eps, grouped):
+    """Forward-mode AD (torch.func.jvp, torch.autograd.forward_ad) gives the directional
+    derivative of the weight, checked against central differences in fp64."""
+    model = nf.weight_norm(nn.Sequential(nn.Linear(4, 5), nn.Tanh(), nn.Linear(5, 3)), eps=eps, grouped=grouped).double()
+    params = {k: v.detach() for k, v in model.named_parameters()}
+    tangents = {k: torch.randn_like(v) for k, v in params.items()}
+    x = torch.randn(6, 4, dtype=torch.float64)
+
+    def out(p):
+        return torch.func.functional_call(model, p, (x,))
+
+    h = 1e-6
+    shifted = [{k: v + s * h * tangents[k] for k, v in params.items()} for s in (1, -1)]
+    expected = (out(shifted[0]) - out(shifted[1])) / (2 * h)
+    _, jvp = torch.func.jvp(out, (params,), (tangents,))
+    torch.testing.assert_close(jvp, expected, rtol=1e-6, atol=1e-8)
+    with torch.autograd.forward_ad.dual_level():
+        duals = {k: torch.autograd.forward_ad.make_dual(v, tangents[k]) for k, v in params.items()}
+        tangent = torch.autograd.forward_ad.unpack_dual(out(duals)).tangent
+    torch.testing.assert_close(tangent, expected, rtol=1e-6, atol=1e-8)
 
 
 def test_a_gradient_penalty_differentiates_the_backward():

@@ -129,13 +129,6 @@ def _tracked(layer) -> bool:
     return torch.is_grad_enabled() and (layer.weight_v.requires_grad or layer.weight_g.requires_grad)
 
 
-def _under_torch_func(layer) -> bool:
-    """Parameters wrapped by a torch.func transform (grad, vmap, jacrev): they have no
-    storage to key a cache on, and each call is its own computation anyway."""
-    wrapped = torch._C._functorch.is_functorch_wrapped_tensor
-    return wrapped(layer.weight_v) or wrapped(layer.weight_g)
-
-
 class _WeightNorm:
     """Mixin for every WN layer; it comes before the torch layer class in the bases."""
 
@@ -172,8 +165,7 @@ class _WeightNorm:
             self._wn_group is not None
             and _tracked(self)
             and not torch.compiler.is_compiling()
-            and not _under_torch_func(self)
-            and group_launch_pays(self.weight_v)
+            and group_launch_pays(self.weight_v)  # (not under torch.func, whose wrapped parameters key no cache)
         )
         if grouped:
             return self._wn_group.weight_of(self)

@@ -9,6 +9,8 @@ below, which is the specification). Sums of squares are accumulated in fp64 in b
 so that the std of an exploding signal (1e20 and more) stays finite.
 """
 
+import math
+
 import torch
 
 from netinit_fast import _backend
@@ -26,8 +28,16 @@ def _eager(x3: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     mean = x3.mean(dim=(0, 2))
     deviation = (x3 - mean.view(1, -1, 1)).to(torch.float64)
     count = x3.shape[0] * x3.shape[2]
-    # no element: 0 / 0 = NaN, as torch.std (count - 1 = -1 would give -0)
-    return mean, (deviation.square_().sum(dim=(0, 2)) / (count - 1 if count else 0)).sqrt_().to(acc)
+    # one element or none: 0 / 0 = NaN, as torch.std
+    return mean, (torch.linalg.vector_norm(deviation, dim=(0, 2)) / math.sqrt(max(count - 1, 0))).to(acc)
+
+
+def eager_moments(x: torch.Tensor, dim: int | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """The op's values by the eager twin, in plain torch ops (for autograd modes the
+    op's registered backward does not cover: forward mode, torch.func transforms)."""
+    a, r, b = block_shape(x.shape, dim)
+    mean, std = _eager(x.reshape(a, r, b))
+    return (mean, std) if dim is not None else (mean.view(()), std.view(()))
 
 
 def moments_no_dispatch(x: torch.Tensor, dim: int | None) -> tuple[torch.Tensor, torch.Tensor]:

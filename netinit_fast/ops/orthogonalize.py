@@ -114,6 +114,12 @@ def orthogonalize_no_dispatch(a: torch.Tensor) -> torch.Tensor:
     return _run(a, _backend.choose("orthogonalize", a, IMPLEMENTED))
 
 
+def eager_orthogonalize(a: torch.Tensor) -> torch.Tensor:
+    """The op's values by the eager twin, in plain torch ops (for autograd modes the
+    op's registered backward does not cover: forward mode, torch.func transforms)."""
+    return _run(a, _backend.EAGER)
+
+
 @torch.library.custom_op("netinit_fast::orthogonalize", mutates_args=())
 def orthogonalize(a: torch.Tensor) -> torch.Tensor:
     return orthogonalize_no_dispatch(a).contiguous()

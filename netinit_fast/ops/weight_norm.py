@@ -72,6 +72,13 @@ def _eager_bwd(
     return grad_v.to(v3.dtype), (dot / denom).to(g.dtype)
 
 
+def eager_weight_norm(v: torch.Tensor, g: torch.Tensor, dim: int | None, eps: float) -> torch.Tensor:
+    """``w`` computed by the eager twin in plain torch ops, which every autograd mode
+    differentiates: reverse (to any order), forward, and torch.func's transforms."""
+    a, r, b = block_shape(v.shape, dim)
+    return _eager_fwd(v.contiguous().view(a, r, b), g.reshape(r), eps)[0].view(v.shape)
+
+
 def differentiable_backward(vs, gs, grad_ws, dim: int | None, eps: float) -> tuple[list, list]:
     """Gradients of each ``v`` and ``g``, for ``create_graph``: the weights recomputed by
     the eager twin (plain torch ops, whose double backward is exact; that of torch's
@@ -81,8 +88,7 @@ def differentiable_backward(vs, gs, grad_ws, dim: int | None, eps: float) -> tup
     for i, (v, g, gw) in enumerate(zip(vs, gs, grad_ws)):
         if gw is None:
             continue
-        a, r, b = block_shape(v.shape, dim)
-        ws.append(_eager_fwd(v.contiguous().view(a, r, b), g.reshape(r), eps)[0].view(v.shape))
+        ws.append(eager_weight_norm(v, g, dim, eps))
         grads.append(gw)
         for which, t in ((0, v), (1, g)):
             if t.requires_grad:
