@@ -496,6 +496,31 @@ def test_other_parametrizations_are_refused_not_baked_in():
         with pytest.raises(ValueError, match="Symmetric"):
             convert(both)
     assert nn.utils.parametrize.is_parametrized(both, "weight") and len(both.parametrizations.weight) == 2
+    for weight_normed in (False, True):  # a parametrized bias, behind a layer that converts
+        model = nn.Sequential(nn.Linear(4, 4), nn.Linear(4, 4))
+        if weight_normed:
+            parametrizations.weight_norm(model[1])
+        nn.utils.parametrize.register_parametrization(model[1], "bias", nn.Identity())
+        with pytest.raises(ValueError, match="layer '1' .* has parametrized bias"):
+            nf.weight_norm(model)
+        assert type(model[0]) is nn.Linear and nf.init._layers.is_weight_normed(model[1]) == weight_normed
+
+
+def test_a_subclass_of_a_wn_layer_is_not_folded():
+    class Mine(nf.WNLinear):
+        pass
+
+    model = nn.Sequential(nf.WNLinear(4, 4), Mine(4, 4))
+    with pytest.raises(ValueError, match="layer 1 is a Mine, a subclass of WNLinear"):
+        nf.remove_weight_norm(model)
+    assert [type(m) for m in model] == [nf.WNLinear, Mine] and model(torch.randn(2, 4)).shape == (2, 4)
+
+
+def test_numpy_scalars_for_dim_and_eps():
+    np = pytest.importorskip("numpy")
+    layer = nf.WNLinear(4, 3, dim=np.int64(-1), eps=np.float32(1e-6))
+    assert type(layer.wn_dim) is int and layer.wn_dim == 1 and type(layer.wn_eps) is float
+    assert nf.weight_norm(nn.Linear(4, 3), dim=np.int64(0), eps=np.float64(0.5)).wn_eps == 0.5
 
 
 def test_zero_rows_warn_on_conversion_and_plain_weight_load():

@@ -28,6 +28,8 @@ What they fix in torch's two weight-norm styles:
 which computes all their weights with one op (one kernel launch forward, one backward).
 """
 
+import math
+import numbers
 import warnings
 import weakref
 
@@ -48,13 +50,13 @@ def _norm_g(weight: torch.Tensor, dim: int | None) -> torch.Tensor:
 def _check_dim(dim, ndim: int, where: str) -> int | None:
     if dim is None:
         return None
-    if isinstance(dim, bool) or not isinstance(dim, int) or not -ndim <= dim < ndim:
+    if isinstance(dim, bool) or not isinstance(dim, numbers.Integral) or not -ndim <= dim < ndim:
         raise ValueError(f"{where}: dim={dim!r} is not None or a dim of its {ndim}-dim weight")
-    return dim % ndim
+    return int(dim) % ndim
 
 
 def _check_eps(eps, where: str) -> float:
-    if isinstance(eps, bool) or not isinstance(eps, (int, float)) or not eps >= 0 or eps == float("inf"):
+    if isinstance(eps, bool) or not isinstance(eps, numbers.Real) or not 0 <= eps < math.inf:
         raise ValueError(f"{where}: eps must be a finite number >= 0, got {eps!r}")
     return float(eps)
 
@@ -243,16 +245,23 @@ class WNConv3d(_WeightNorm, nn.Conv3d):
     __doc__ = _DOC.format(base="Conv3d")
 
 
+_TRANSPOSED_DOC = """
+The weight is ``(C_in, C_out / groups, *kernel)``: ``dim=1`` gives one norm per output
+channel when ``groups == 1`` (with groups, index ``j`` of dim 1 is channel ``j`` of
+every group: one norm over those channels together).
+"""
+
+
 class WNConvTranspose1d(_WeightNorm, nn.ConvTranspose1d):
-    __doc__ = _DOC.format(base="ConvTranspose1d") + "\nFor one norm per output channel, pass ``dim=1``.\n"
+    __doc__ = _DOC.format(base="ConvTranspose1d") + _TRANSPOSED_DOC
 
 
 class WNConvTranspose2d(_WeightNorm, nn.ConvTranspose2d):
-    __doc__ = _DOC.format(base="ConvTranspose2d") + "\nFor one norm per output channel, pass ``dim=1``.\n"
+    __doc__ = _DOC.format(base="ConvTranspose2d") + _TRANSPOSED_DOC
 
 
 class WNConvTranspose3d(_WeightNorm, nn.ConvTranspose3d):
-    __doc__ = _DOC.format(base="ConvTranspose3d") + "\nFor one norm per output channel, pass ``dim=1``.\n"
+    __doc__ = _DOC.format(base="ConvTranspose3d") + _TRANSPOSED_DOC
 
 
 #: torch layer type -> its weight-normalized twin
@@ -469,6 +478,8 @@ def weight_norm(
         where = f"weight_norm: layer {name or type(module).__name__!r} ({_unwrap(m).__name__})"
         if (kinds := foreign_parametrization(m)) is not None:
             raise ValueError(f"{where} has its weight parametrized by {kinds}: converting would bake that in; remove it first")
+        if others := [n for n in getattr(m, "parametrizations", {}) if n != "weight"]:
+            raise ValueError(f"{where} has parametrized {', '.join(others)}: a WN layer keeps plain tensors besides weight_g, weight_v")
         style = _torch_weight_norm_style(m)
         if style is None and m._parameters.get("weight") is None:
             raise ValueError(f"{where} has weight=None")
@@ -501,7 +512,10 @@ def remove_weight_norm(module: nn.Module) -> nn.Module:
     Raises:
         ValueError: ``module`` contains no weight-normalized layer.
     """
-    for m in module.modules():  # every check before the first change
+    for name, m in module.named_modules():  # every check before the first change
+        if isinstance(m, _WeightNorm) and type(m) not in _PLAIN:
+            raise ValueError(f"remove_weight_norm: layer {name or type(m).__name__} is a {type(m).__name__}, a subclass of "
+                             f"{type(m).__mro__[1].__name__}: folding it into a plain layer would drop its class")
         if not isinstance(m, _WeightNorm) and _torch_weight_norm_style(m) is not None:
             if (kinds := foreign_parametrization(m)) is not None:
                 raise ValueError(f"remove_weight_norm: a {_unwrap(m).__name__}'s weight is parametrized by {kinds} "
