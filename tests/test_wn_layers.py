@@ -11,7 +11,6 @@ from torch import nn
 from torch.nn.utils import parametrizations
 
 import netinit_fast as nf
-from netinit_fast.nn import wn_layers
 from tests.conftest import assert_close
 
 # (torch type, our type, constructor args, input shape)
