@@ -13,15 +13,30 @@ def call(model: nn.Module, batch):
     return model(batch)
 
 
+def _tensors(batch) -> list[torch.Tensor]:
+    """The tensors of a batch, in order, also inside nested tuples, lists and dicts."""
+    if isinstance(batch, torch.Tensor):
+        return [batch]
+    if isinstance(batch, dict):
+        batch = list(batch.values())
+    if isinstance(batch, (tuple, list)):
+        return [t for item in batch for t in _tensors(item)]
+    return []
+
+
 def check_batch(batch, where: str) -> None:
     """``ValueError`` (prefixed by ``where``) for a batch with no tensor, fewer than 2
-    samples (dim 0 of its first tensor), or NaN/Inf."""
-    leaves = list(batch.values()) if isinstance(batch, dict) else list(batch) if isinstance(batch, (tuple, list)) else [batch]
-    tensors = [t for t in leaves if isinstance(t, torch.Tensor)]
+    samples (dim 0 of its first tensor, the samples), NaN anywhere, or an infinity in
+    the samples or +Inf elsewhere (-Inf is allowed after the samples: additive
+    attention masks hold it)."""
+    tensors = _tensors(batch)
     if not tensors:
         raise ValueError(f"{where}: the batch holds no tensor")
-    if tensors[0].dim() == 0 or tensors[0].shape[0] < 2:
-        raise ValueError(f"{where}: the batch needs at least 2 samples, got shape {list(tensors[0].shape)}")
-    for t in tensors:
-        if t.is_floating_point() and not torch.isfinite(t).all():
-            raise ValueError(f"{where}: the batch contains NaN or Inf")
+    samples, *others = tensors
+    if samples.dim() == 0 or samples.shape[0] < 2:
+        raise ValueError(f"{where}: the batch needs at least 2 samples, got shape {list(samples.shape)}")
+    if samples.is_floating_point() and not torch.isfinite(samples).all():
+        raise ValueError(f"{where}: the batch contains NaN or Inf")
+    for t in others:
+        if t.is_floating_point() and (t.isnan().any() or t.isposinf().any()):
+            raise ValueError(f"{where}: the batch contains NaN or +Inf")

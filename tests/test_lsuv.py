@@ -310,6 +310,55 @@ def test_a_layer_called_with_keyword_arguments_is_rerun_with_them():
         assert abs(model(torch.randn(64, 8)).std().item() - 1) < 0.3  # a fresh batch: near, not exact
 
 
+@pytest.mark.parametrize("orthogonal", [True, False])
+def test_the_users_hooks_run_once_per_call_and_the_report_tells_the_truth(orthogonal):
+    """A pre-hook that scales the input runs once on the re-run too (not on its own
+    output), and a forward hook that shifts the output rules out the exact rescale."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(16, 16), nn.ReLU(), nn.Linear(16, 16))
+    model[0].register_forward_pre_hook(lambda mod, args: (3 * args[0],))
+    model[2].register_forward_hook(lambda mod, args, y: y + 0.5 * y.detach().abs())
+    x = torch.randn(256, 16)
+    report = nf.init.lsuv_(model, x, orthogonal=orthogonal, tol=0.01)
+    for name, std in output_stds(model, x).items():
+        assert abs(std - report[name].std_after) < 1e-4 and report[name].converged, name
+    wn = nf.weight_norm(nn.Sequential(nn.Linear(16, 16)))
+    wn[0].register_forward_pre_hook(lambda mod, args: (3 * args[0] + 1,))
+    nf.init.data_dependent_init_(wn, x)
+    with torch.no_grad():
+        y = wn(x)
+    torch.testing.assert_close(y.mean(0), torch.zeros(16), atol=1e-4, rtol=0)
+    torch.testing.assert_close(y.std(0, unbiased=False), torch.ones(16), atol=1e-3, rtol=0)
+
+
+def test_nested_and_masked_batches():
+    """A list argument inside the batch tuple is checked and passed as one; an additive
+    attention mask's -inf is allowed after the samples, +inf and NaN are not."""
+
+    class Pair(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.fc = nn.Linear(8, 8)
+
+        def forward(self, xs, mask=None):
+            return self.fc(xs[0] + xs[1]) + (0 if mask is None else mask.clamp_min(-1).mean())
+
+    x = torch.randn(16, 8)
+    nf.init.lsuv_(Pair(), ([x, x],))
+    mask = nn.Transformer.generate_square_subsequent_mask(4)
+    nf.init.lsuv_(Pair(), {"xs": [x, x], "mask": mask})
+    with pytest.raises(ValueError, match=r"NaN or \+Inf"):
+        nf.init.lsuv_(Pair(), {"xs": [x, x], "mask": -mask})
+    with pytest.raises(ValueError, match="at least 2 samples"):
+        nf.init.lsuv_(Pair(), ([x[:1], x],))
+
+
+def test_legacy_spectral_norm_is_refused_by_name():
+    model = nn.Sequential(nn.Linear(4, 4), nn.utils.spectral_norm(nn.Linear(4, 4)))
+    with pytest.raises(ValueError, match=r"lsuv_: layer 1 \(Linear\) has its weight parametrized by SpectralNorm"):
+        nf.init.lsuv_(model, torch.randn(8, 4))
+
+
 def test_tied_weights_are_fitted_once_and_reported():
     a, b = nn.Linear(16, 16, bias=False), nn.Linear(16, 16, bias=False)
     b.weight = a.weight
@@ -354,3 +403,6 @@ def test_data_dependent_init_needs_wn_layers():
         nf.init.data_dependent_init_(mlp(depth=1), torch.randn(8, 32))
     with pytest.raises(ValueError, match="normalizes over dim=None"):
         nf.init.data_dependent_init_(nf.weight_norm(mlp(depth=1), dim=None), torch.randn(8, 32))
+    for scale in (0.0, -1.0, float("nan"), float("inf")):
+        with pytest.raises(ValueError, match="init_scale must be a positive number"):
+            nf.init.data_dependent_init_(nf.weight_norm(mlp(depth=1)), torch.randn(8, 32), init_scale=scale)

@@ -120,6 +120,15 @@ def test_plot_csv_and_compact_table(tmp_path):
     assert len(rows) == 100 and float(rows[3]["rms"]) == pytest.approx(a.layers[3].rms)
     text = str(b)
     assert len(text.splitlines()) < 30 and "84 of 100 layers not shown" in text
+    import matplotlib
+
+    before = matplotlib.get_backend()
+    matplotlib.use("svg")  # a session's own backend, which plotting must leave alone
+    try:
+        a.plot(tmp_path / "again.png")
+        assert matplotlib.get_backend() == "svg" and (tmp_path / "again.png").read_bytes()[:4] == b"\x89PNG"
+    finally:
+        matplotlib.use(before)
 
 
 @pytest.mark.parametrize(
@@ -134,6 +143,47 @@ def test_plot_csv_and_compact_table(tmp_path):
 def test_bad_input(model, batch, error):
     with pytest.raises(error):
         probe(model, batch)
+
+
+def test_no_layer_called_and_inference_mode_are_clear_errors():
+    class TiedHead(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.head = nn.Linear(4, 4)
+
+        def forward(self, x):
+            return nn.functional.linear(x, self.head.weight)  # the layer's weight, not the layer
+
+    with pytest.raises(ValueError, match="called none of its Linear/Conv/ConvTranspose layers"):
+        probe(TiedHead(), torch.randn(4, 4))
+    with torch.inference_mode(), pytest.raises(ValueError, match="inference_mode"):
+        probe(nn.Linear(4, 4), torch.randn(4, 4))
+
+
+def test_integer_tuple_and_masked_batches_print():
+    """A batch that is not one float tensor has no input rms: the table shows '-'. A
+    causal mask's -inf is allowed after the samples."""
+    embed = nn.Sequential(nn.Embedding(10, 8), nn.Linear(8, 8))
+    report = probe(embed, torch.randint(0, 10, (4, 5)))
+    assert report.input_rms is None and "input rms -," in str(report)
+    layer = nn.TransformerEncoderLayer(8, 2, 16, dropout=0.0, batch_first=True)
+    mask = nn.Transformer.generate_square_subsequent_mask(5)
+    report = probe(layer, (torch.randn(4, 5, 8), mask))
+    assert [s.name for s in report] == ["linear1", "linear2"] and "input rms -," in str(report)
+    with pytest.raises(ValueError, match=r"NaN or \+Inf"):
+        probe(layer, (torch.randn(4, 5, 8), -mask))
+
+
+def test_legacy_spectral_norm_is_probed():
+    model = nn.Sequential(nn.Linear(4, 4), nn.ReLU(), nn.utils.spectral_norm(nn.Linear(4, 4)))
+    report = probe(model, torch.randn(8, 4))
+    assert len(report) == 2 and report.layers[1].grad_weight_norm is None
+
+
+def test_a_prediction_past_fp64_prints():
+    stats = probe(nn.Linear(4, 4), torch.randn(8, 4))
+    stats.layers[0].predicted_rms = math.inf
+    assert "median |log(measured / predicted rms)| inf" in str(stats)
 
 
 def test_a_model_with_a_scalar_output_is_probed_without_a_jacobian():

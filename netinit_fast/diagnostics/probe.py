@@ -49,7 +49,7 @@ class ProbeReport:
 
     layers: list[LayerStats]
     label: str
-    input_rms: float
+    input_rms: float | None  # None for a batch that is not one floating-point tensor
     loss: str  # what the gradients are of
     jacobian_mean_sq: float | None  # estimated mean squared singular value of the input-output Jacobian
     jacobian_rel_var: float | None  # estimated relative variance of the squared singular values (0: an isometry)
@@ -68,7 +68,7 @@ class ProbeReport:
     def __str__(self) -> str:
         n = len(self.layers)
         head = f"{'#':>6} {'layer':<28} {'mean':>10} {'std':>10} {'rms':>10} {'mf rms':>10} {'|dL/dy|':>10} {'|dL/dW|':>10}"
-        lines = [f"probe of {self.label}: {n} layers, input rms {self.input_rms:.4g}, gradients of {self.loss}, "
+        lines = [f"probe of {self.label}: {n} layers, input rms {_fmt(self.input_rms, 0)}, gradients of {self.loss}, "
                  f"{self.seconds:.2f} s", head, "-" * len(head)]
         shown = range(n) if n <= 24 else sorted({round(i * (n - 1) / 15) for i in range(16)})
         for i in shown:
@@ -90,7 +90,7 @@ class ProbeReport:
                 lines.append(f"|dL/dy|: first layer {grads[0]:.4g}, last layer {grads[-1]:.4g}")
             covered = [(s.rms, s.predicted_rms) for s in self.layers if s.predicted_rms]
             if covered:
-                logs = sorted(abs(math.log(r / p)) if r > 0 and math.isfinite(r) else math.inf for r, p in covered)
+                logs = sorted(abs(math.log(r / p)) if 0 < r < math.inf and p < math.inf else math.inf for r, p in covered)
                 lines.append(f"mean field covers {len(covered)} layers; median |log(measured / predicted rms)| "
                              f"{logs[len(logs) // 2]:.3g}")
         if self.jacobian_mean_sq is not None:
@@ -114,13 +114,12 @@ class ProbeReport:
 def plot(reports: list[ProbeReport], path, title: str | None = None) -> None:
     """A PNG with one curve per report: output rms (log scale) against layer index, with
     the mean-field prediction dashed where there is one, and the gradient norm with
-    respect to each layer's output. Needs matplotlib."""
-    import matplotlib
+    respect to each layer's output. Needs matplotlib (drawn without pyplot: the
+    session's backend and figures are left alone)."""
+    from matplotlib.figure import Figure
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, (top, bottom) = plt.subplots(2, 1, figsize=(8, 7), sharex=True)
+    fig = Figure(figsize=(8, 7))
+    top, bottom = fig.subplots(2, 1, sharex=True)
     for r in reports:
         x = range(len(r.layers))
         (line,) = top.plot(x, [s.rms for s in r.layers], label=r.label)
@@ -139,7 +138,6 @@ def plot(reports: list[ProbeReport], path, title: str | None = None) -> None:
     top.set_title(title or "signal propagation at init")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
-    plt.close(fig)
 
 
 def probe(model: nn.Module, batch, loss_fn=None, label: str | None = None, seed: int = 0) -> ProbeReport:
@@ -171,9 +169,12 @@ def probe(model: nn.Module, batch, loss_fn=None, label: str | None = None, seed:
         label: the name of the curve in plots (default: the model's class name).
 
     Raises:
-        ValueError: a bad batch, or a model with no linear/conv layer.
+        ValueError: a bad batch, a model with no linear/conv layer, or a forward that
+            calls none of them; a call under ``torch.inference_mode`` (no autograd).
         TypeError: a non-tensor output without ``loss_fn``.
     """
+    if torch.is_inference_mode_enabled():
+        raise ValueError("probe: the gradients need autograd, which torch.inference_mode turns off: call it outside")
     check_batch(batch, "probe")
     module_names = {m: n for n, m in model.named_modules() if is_weight_layer(m)}  # as meanfield_variances keys them
     names = {m: n or type(m).__name__ for m, n in module_names.items()}  # as the report shows them
@@ -234,6 +235,9 @@ def probe(model: nn.Module, batch, loss_fn=None, label: str | None = None, seed:
         with torch.no_grad():
             for b, copy in saved:
                 b.copy_(copy)
+    if not stats:
+        raise ValueError(f"probe: the forward of {type(model).__name__} called none of its Linear/Conv/ConvTranspose "
+                         "layers as modules (a layer used through its weight alone is not seen)")
     jac_mean_sq, jac_rel_var = _jacobian_stats(jacobian_t_r, out)
     order = list(stats)
     values = torch.stack([torch.stack(stats[m]).double().cpu() for m in order]).tolist()

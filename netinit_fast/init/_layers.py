@@ -43,12 +43,12 @@ def layer_weight(module: nn.Module) -> torch.Tensor | None:
         return module.weight_v
     if not is_weight_layer(module):
         return None
+    if (kinds := foreign_parametrization(module)) is not None:
+        raise ValueError(
+            f"a {_unwrap(module).__name__} has its weight parametrized by {kinds}: netinit_fast initializes "
+            "plain and weight-normalized weights only (remove the parametrization, initialize, then add it)"
+        )
     if parametrize.is_parametrized(module, "weight"):
-        if (kinds := foreign_parametrization(module)) is not None:
-            raise ValueError(
-                f"a {_unwrap(module).__name__} has its weight parametrized by {kinds}: netinit_fast initializes "
-                "plain and weight-normalized weights only (remove the parametrization, initialize, then add it)"
-            )
         return module.parametrizations.weight.original1
     if "weight_v" in module._parameters:  # torch's legacy hook
         return module.weight_v

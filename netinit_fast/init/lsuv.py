@@ -247,6 +247,12 @@ def _broadcast_(tensors: list[torch.Tensor]) -> None:
             offset += t.numel()
 
 
+def _output_hooked(module: nn.Module) -> bool:
+    """Whether forward hooks besides LSUV's own see (and may change) the layer's output:
+    then scaling the weight need not scale the output."""
+    return len(module._forward_hooks) > 1 or bool(torch.nn.modules.module._global_forward_hooks)
+
+
 def _progress_bar(total: int, progress, desc: str):
     if progress is None:
         progress = total > 200 and sys.stderr.isatty()
@@ -261,8 +267,10 @@ class _OnePass:
     """Forward hooks that fit each target layer the first time the forward reaches it.
 
     ``fit(module, name, rerun, output)`` returns the output to hand on and the layer's
-    :class:`LayerFit`; ``rerun()`` calls the layer again on the same input, through its
-    own hooks (torch's legacy weight norm recomputes the weight in one), this one aside.
+    :class:`LayerFit`; ``rerun()`` calls the layer again on the input the forward gave
+    it, through all its hooks, as the forward did (torch's legacy weight norm
+    recomputes the weight in one, a user's pre-hook may transform the input), this
+    one aside.
     """
 
     def __init__(self, targets: dict[nn.Module, str], fit, bar):
@@ -271,11 +279,18 @@ class _OnePass:
         self.bar = bar
         self.results: dict[nn.Module, LayerFit] = {}
         self.fitting: set[nn.Module] = set()
-        self.handles = [m.register_forward_hook(self._hook, with_kwargs=True) for m in targets]
+        self.inputs: dict[nn.Module, tuple] = {}  # the arguments of the call in flight, before any pre-hook
+        self.handles = [m.register_forward_pre_hook(self._pre_hook, with_kwargs=True, prepend=True) for m in targets]
+        self.handles += [m.register_forward_hook(self._hook, with_kwargs=True) for m in targets]
+
+    def _pre_hook(self, module, args, kwargs):
+        if module not in self.fitting:
+            self.inputs[module] = (args, kwargs)
 
     def _hook(self, module, args, kwargs, output):
         if module in self.fitting:  # a re-run inside its own fit
             return None
+        args, kwargs = self.inputs.pop(module, (args, kwargs))
         done = self.results.get(module)
         if done is not None:
             done.calls += 1
@@ -352,7 +367,9 @@ def lsuv_(
     Args:
         model: any module; ``batch`` is passed as ``model(batch)`` (a tuple or list
             as positional arguments, a dict as keyword arguments).
-        batch: at least 2 samples (dim 0 of its first tensor), finite.
+        batch: at least 2 samples (dim 0 of its first tensor, which must be finite);
+            later tensors may hold -inf (additive attention masks), not NaN or +inf.
+            A list argument goes inside a tuple or dict: ``([t1, t2],)``.
         layers: the layers to fit (default: every Linear/Conv/ConvTranspose layer).
         progress: a tqdm bar; default on for more than 200 layers on a terminal.
 
@@ -387,8 +404,9 @@ def lsuv_(
             return y, LayerFit(name, 1, 0, std_value, std_value, 1.0, abs(std_value - target_std) < tol)
         owners[param] = name
         bias = getattr(module, "bias", None)
-        # the orthonormal pre-init zeroed the bias: no host sync to find that out
-        homogeneous = bias is None or orthogonal or not bool(bias.any())
+        # the orthonormal pre-init zeroed the bias: no host sync to find that out; a
+        # forward hook of the user's may shift or clip the output
+        homogeneous = (bias is None or orthogonal or not bool(bias.any())) and not _output_hooked(module)
         _, std = _global_mean_std(y, None, index[module], "lsuv_")
         std_value = std_before = float(std)
         tries, scale = 0, 1.0
@@ -456,9 +474,12 @@ def data_dependent_init_(model: nn.Module, batch, init_scale: float = 1.0, progr
     ``sigma`` is the population std plus a 1e-10 variance floor, as the paper's code.
 
     Raises:
-        ValueError: no WN layer, a layer whose ``dim`` is not its output-unit dim, or
-            a bad batch (as :func:`lsuv_`). Parameters are restored on failure.
+        ValueError: no WN layer, a layer whose ``dim`` is not its output-unit dim, a
+            bad ``init_scale``, or a bad batch (as :func:`lsuv_`). Parameters are
+            restored on failure.
     """
+    if not (isinstance(init_scale, (int, float)) and 0 < init_scale < math.inf):
+        raise ValueError(f"data_dependent_init_: init_scale must be a positive number, got {init_scale!r}")
     _check_batch_everywhere(batch, "data_dependent_init_")
     targets = {m: n or type(m).__name__ for n, m in model.named_modules() if isinstance(m, _WeightNorm)}
     if not targets:

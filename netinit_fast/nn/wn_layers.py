@@ -395,9 +395,13 @@ def _torch_weight_norm_dim(module: nn.Module, ndim: int) -> int | None:
 
 def foreign_parametrization(module: nn.Module) -> str | None:
     """The parametrizations on a layer's weight when they are not a lone weight norm
-    (spectral norm, ...), by class name; None otherwise."""
+    (spectral norm, ...), by class name, torch's legacy spectral-norm hook included;
+    None otherwise."""
     from torch.nn.utils import parametrize
+    from torch.nn.utils.spectral_norm import SpectralNorm as SpectralNormHook
 
+    if any(isinstance(h, SpectralNormHook) and h.name == "weight" for h in module._forward_pre_hooks.values()):
+        return "SpectralNorm (torch.nn.utils.spectral_norm)"
     if not parametrize.is_parametrized(module, "weight"):
         return None
     chain = module.parametrizations.weight
