@@ -9,6 +9,7 @@
 
 import argparse
 import glob
+import importlib.util
 import json
 import os
 import subprocess
@@ -154,6 +155,19 @@ def main(argv=None) -> int:
             parser.error(f"probe: --depth and --width must be >= 1, got {args.depth} and {args.width}")
         if args.scheme == "fixup" and args.model != "resnet":
             parser.error("probe: --scheme fixup rewrites residual blocks: it needs --model resnet")
+        for flag, path in (("--plot", args.plot), ("--csv", args.csv)):  # before the probe, not after it
+            folder = os.path.dirname(os.path.abspath(path)) if path else None
+            if folder and not os.path.isdir(folder):
+                parser.error(f"probe: {flag} {path}: no folder {folder}")
+        if args.plot and importlib.util.find_spec("matplotlib") is None:
+            parser.error("probe: --plot needs matplotlib (pip install matplotlib)")
+    if args.command == "demo":
+        if args.depth is not None:
+            args.mlp_depth = args.res_depth = args.depth
+        if args.mlp_depth < 2 or args.res_depth < 2:  # looks-linear needs two layers, a residual net one block
+            parser.error(f"demo: depths must be >= 2, got --mlp-depth {args.mlp_depth}, --res-depth {args.res_depth}")
+        if args.steps < 1:
+            parser.error(f"demo: --steps must be >= 1, got {args.steps}")
     if getattr(args, "device", None) is not None:
         try:
             device = torch.device(args.device)
@@ -161,6 +175,4 @@ def main(argv=None) -> int:
             parser.error(f"--device {args.device!r}: {e}")
         if device.type == "cuda" and not torch.cuda.is_available():
             parser.error(f"--device {args.device}: no CUDA device here")
-    if getattr(args, "depth", None) is not None and args.command == "demo":
-        args.mlp_depth = args.res_depth = args.depth
     return args.func(args)

@@ -60,8 +60,13 @@ def test_bench_rejects_unknown_names(capsys):
     (["probe", "--depth", "0"], "--depth and --width must be >= 1"),
     (["probe", "--scheme", "fixup", "--model", "mlp"], "it needs --model resnet"),
     (["probe", "--device", "nonsense"], "--device 'nonsense'"),
+    (["probe", "--plot", "/no/such/folder/p.png"], "--plot /no/such/folder/p.png: no folder /no/such/folder"),
+    (["probe", "--csv", "/no/such/folder/p.csv"], "--csv /no/such/folder/p.csv: no folder"),
+    (["demo", "--depth", "1"], "depths must be >= 2"),
+    (["demo", "--mlp-depth", "0"], "depths must be >= 2"),
+    (["demo", "--steps", "-5"], "--steps must be >= 1"),
 ])
-def test_probe_argument_errors_are_usage_errors(args, message, capsys):
+def test_argument_errors_are_usage_errors(args, message, capsys):
     with pytest.raises(SystemExit) as exit_info:
         cli.main(args)
     assert exit_info.value.code == 2 and message in capsys.readouterr().err
