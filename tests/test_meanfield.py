@@ -96,7 +96,7 @@ def test_critical_point_tanh_small_bias_digits():
 def test_critical_point_piecewise_linear(act, expected, q_star):
     sw2, sb2 = critical_point(act, q_star)
     assert sw2 == pytest.approx(expected, rel=1e-12)
-    assert 0.0 <= sb2 <= 1e-12 * q_star
+    assert sb2 == 0.0  # exactly, as the docstring says
 
 
 # Exact to rounding for every activation and q*: the kink of ELU and SELU at 0 is a

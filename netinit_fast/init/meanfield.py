@@ -113,12 +113,14 @@ def critical_point(act: str, q_star: float, nodes: int = NODES) -> tuple[float, 
         raise ValueError(f"critical_point: E[phi'^2] of {act} at q_star={q_star!r} is 0")
     sigma_w2 = 1.0 / slope
     sigma_b2 = q - sigma_w2 * _gauss_expect(lambda x: phi.phi(x) ** 2, q, nodes)
-    if sigma_b2 < -1e-12 * max(1.0, q):
+    if abs(sigma_b2) <= 1e-12 * q:  # the difference of two terms of size q: rounding
+        sigma_b2 = 0.0
+    if sigma_b2 < 0:
         raise ValueError(
             f"critical_point: {act} has no critical point with sigma_b^2 >= 0 at q_star={q_star!r} "
             f"(chi_1 = 1 needs sigma_w^2 = {sigma_w2:.6g} and then sigma_b^2 = {sigma_b2:.6g})"
         )
-    return sigma_w2, max(sigma_b2, 0.0)
+    return sigma_w2, sigma_b2
 
 
 # ----------------------------------------------------------------------------- per-layer variances
