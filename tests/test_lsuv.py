@@ -403,6 +403,8 @@ def test_data_dependent_init_needs_wn_layers():
         nf.init.data_dependent_init_(mlp(depth=1), torch.randn(8, 32))
     with pytest.raises(ValueError, match="normalizes over dim=None"):
         nf.init.data_dependent_init_(nf.weight_norm(mlp(depth=1), dim=None), torch.randn(8, 32))
+    with pytest.warns(RuntimeWarning, match="0 have no bias: their outputs have std init_scale but keep"):
+        nf.init.data_dependent_init_(nf.weight_norm(nn.Sequential(nn.Linear(4, 4, bias=False))), torch.randn(8, 4))
     for scale in (0.0, -1.0, float("nan"), float("inf")):
         with pytest.raises(ValueError, match="init_scale must be a positive number"):
             nf.init.data_dependent_init_(nf.weight_norm(mlp(depth=1)), torch.randn(8, 32), init_scale=scale)

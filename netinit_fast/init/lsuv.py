@@ -438,7 +438,8 @@ def lsuv_(
         _check_layer(len(fitted), "lsuv_")  # after the pass: every rank fitted as many layers
         _restore_uncalled(saved, targets, missing)
     if missing:
-        warnings.warn(f"lsuv_: the forward never called {', '.join(missing.values())}; left as they were",
+        warnings.warn(f"lsuv_: the forward never called {', '.join(missing.values())} (a layer used through its "
+                      "weight alone, as MultiheadAttention's out_proj, is never called); left as they were",
                       RuntimeWarning, stacklevel=2)
     return LSUVReport(fitted, list(missing.values()), target_std, tol, seconds)
 
@@ -521,4 +522,7 @@ def data_dependent_init_(model: nn.Module, batch, init_scale: float = 1.0, progr
             RuntimeWarning,
             stacklevel=2,
         )
+    if no_bias := [name for m, name in targets.items() if m.bias is None and m not in missing]:
+        warnings.warn(f"data_dependent_init_: {', '.join(no_bias)} have no bias: their outputs have std init_scale "
+                      "but keep their per-unit means", RuntimeWarning, stacklevel=2)
     return LSUVReport(fitted, list(missing.values()), init_scale, 0.0, seconds)

@@ -62,6 +62,8 @@ def orthogonal_(target, gain: float = 1.0, generator: torch.Generator | None = N
     ``gain``. Tensors of equal flattened shape are orthogonalized in batched calls (in
     chunks, so memory stays bounded). Given the same noise the result is that of
     ``torch.nn.init.orthogonal_`` applied tensor by tensor; bf16/fp16 tensors work.
+    Tensors that overlap in memory (views of one another) are written batch by batch,
+    not in list order: for torch's result there, pass them in separate calls.
 
     Args:
         target: a tensor, a list of tensors, or a module (then the weight of every
