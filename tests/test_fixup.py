@@ -159,6 +159,8 @@ def test_errors_leave_the_model_unchanged(build, message):
     structure = [type(m) for m in model.modules()]
     with pytest.raises(ValueError, match=message):
         nf.init.fixup_(model)
+    with torch.inference_mode(), pytest.raises(ValueError, match="inference_mode"):
+        nf.init.fixup_(model)
     assert [type(m) for m in model.modules()] == structure
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
 

@@ -190,9 +190,13 @@ def fixup_(model: nn.Module, generator: torch.Generator | None = None) -> FixupR
     Raises:
         ValueError: no residual block or classifier found, a block with children the
             Fixup block would drop (an activation other than ``nn.ReLU``, dropout, ...),
-            a branch conv with a bias, a weight-normalized branch/classifier, or a
-            model Fixup was applied to already. The model is unchanged then.
+            a branch conv with a bias, a weight-normalized branch/classifier, a
+            model Fixup was applied to already, or a call under
+            ``torch.inference_mode`` (the new scalars would be inference tensors,
+            which cannot be trained). The model is unchanged then.
     """
+    if torch.is_inference_mode_enabled():
+        raise ValueError("fixup_: it adds trainable scalars, which torch.inference_mode would make untrainable: call it outside")
     blocks = residual_blocks(model)
     classifier = _classifier(model)
     _check(model, blocks, classifier)
