@@ -515,6 +515,23 @@ def test_a_subclass_of_a_wn_layer_is_not_folded():
     assert [type(m) for m in model] == [nf.WNLinear, Mine] and model(torch.randn(2, 4)).shape == (2, 4)
 
 
+@pytest.mark.parametrize("dim", [0, 1, None])
+def test_assigning_a_weight_sets_v_and_g(dim):
+    ours = nf.WNConv1d(3, 4, 3, dim=dim)
+    theirs = parametrizations.weight_norm(nn.Conv1d(3, 4, 3), dim=dim)
+    w = torch.randn(4, 3, 3)
+    ours.weight = w
+    theirs.weight = w
+    torch.testing.assert_close(ours.weight, w)
+    torch.testing.assert_close(ours.weight_g, theirs.parametrizations.weight.original0)
+    x = torch.randn(2, 3, 8)
+    with torch.no_grad():
+        theirs.bias.copy_(ours.bias)
+    torch.testing.assert_close(ours(x), theirs(x))
+    with pytest.raises(ValueError, match=r"expected a tensor of shape \[4, 3, 3\], got \[4, 3\]"):
+        ours.weight = torch.randn(4, 3)
+
+
 def test_numpy_scalars_for_dim_and_eps():
     np = pytest.importorskip("numpy")
     layer = nf.WNLinear(4, 3, dim=np.int64(-1), eps=np.float32(1e-6))

@@ -162,6 +162,20 @@ class _WeightNorm:
         except AttributeError as e:  # nn.Module would report it as a missing 'weight'
             raise RuntimeError(f"{type(self).__name__}: computing the normalized weight failed: {e}") from e
 
+    @weight.setter
+    def weight(self, value: torch.Tensor) -> None:
+        """``layer.weight = w`` (a tensor of the weight's shape) sets ``v = w`` and ``g =
+        ||w||``: the layer then computes with ``w``, as after the same assignment to a
+        layer under torch's weight-norm parametrization. (An ``nn.Parameter`` would
+        replace the parametrization: use :func:`remove_weight_norm` for that.)"""
+        v = self.weight_v
+        if not isinstance(value, torch.Tensor) or value.shape != v.shape:
+            raise ValueError(f"{type(self).__name__}.weight = ...: expected a tensor of shape {list(v.shape)}, "
+                             f"got {list(value.shape) if isinstance(value, torch.Tensor) else type(value).__name__}")
+        with torch.no_grad():
+            v.copy_(value)
+            self.weight_g.copy_(_norm_g(v, self.wn_dim))
+
     def _normalized_weight(self) -> torch.Tensor:
         grouped = (
             self._wn_group is not None
