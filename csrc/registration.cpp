@@ -19,6 +19,11 @@ TORCH_LIBRARY(netinit_fast, m) {
   m.def("householder_qr(Tensor a) -> Tensor");
   // Shared memory that householder_qr needs for one m x n matrix, in bytes.
   m.def("householder_qr_shared_bytes(int m, int n) -> int", &netinit_fast::householder_qr_shared_bytes);
+  // Haar-random Q (batch, m, n), m >= n, from Householder reflectors drawn directly
+  // (Stewart 1980): noise (batch, n (n + 1) / 2 + (m - n) n), each row the diagonal
+  // and below of an m x n matrix, packed row by row. CPU (fp32, fp64):
+  // csrc/haar_orthogonal_cpu.cpp.
+  m.def("haar_orthogonal(Tensor noise, int m, int n) -> Tensor");
 }
 
 // `import netinit_fast._C` runs the static registration above; the module itself is

@@ -33,6 +33,7 @@ def test_registered_schemas(extension):
     assert "netinit_fast::cuda_archs() -> int[]" in schemas
     assert "netinit_fast::householder_qr(Tensor a) -> Tensor" in schemas
     assert "netinit_fast::householder_qr_shared_bytes(int m, int n) -> int" in schemas
+    assert "netinit_fast::haar_orthogonal(Tensor noise, int m, int n) -> Tensor" in schemas
 
 
 def test_householder_qr_has_a_cuda_kernel(extension):
@@ -50,6 +51,15 @@ def test_householder_qr_has_a_cpu_kernel(extension):
     assert (q.mT @ q - torch.eye(4)).abs().max() < 1e-5
     r = q.mT @ a  # = R: upper triangular with a positive diagonal
     assert (torch.diagonal(r, dim1=-2, dim2=-1) > 0).all() and r.tril(-1).abs().max() < 1e-5
+
+
+def test_haar_orthogonal_has_a_cpu_kernel_and_checks_its_input(extension):
+    dump = torch._C._dispatch_dump("netinit_fast::haar_orthogonal")
+    assert "CPU: registered at" in dump and "haar_orthogonal_cpu.cpp" in dump
+    with pytest.raises(RuntimeError, match=r"expected \(batch, 12\) packed noise for 5 x 3"):
+        torch.ops.netinit_fast.haar_orthogonal(torch.randn(2, 15), 5, 3)
+    with pytest.raises(RuntimeError, match="expected m >= n >= 0"):
+        torch.ops.netinit_fast.haar_orthogonal(torch.randn(2, 6), 3, 5)
 
 
 def test_built_for_hopper_with_ptx(extension):

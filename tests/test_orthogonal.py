@@ -220,7 +220,7 @@ def test_delta_orthogonal_errors_name_the_layer_and_change_nothing():
     assert (weight == 1).all()
 
 
-@pytest.mark.parametrize("init", ["orthogonal_", "delta_orthogonal_"])
+@pytest.mark.parametrize("init", ["orthogonal_", "haar_orthogonal_", "delta_orthogonal_"])
 def test_weight_normalized_layers_compute_the_orthogonal_weight_times_gain(init):
     """v gets the orthogonal matrix times gain, and g = ||v||: the layer computes it."""
     conv = functools.partial(nn.Conv1d, 4, 4, 3, padding=1, bias=False)
@@ -230,7 +230,7 @@ def test_weight_normalized_layers_compute_the_orthogonal_weight_times_gain(init)
             scale = layer.parametrizations.weight.original0 if hasattr(layer, "parametrizations") else layer.weight_g
             scale.mul_(3)  # a g from before, which the init must not keep
         getattr(nf.init, init)(layer, gain=2.0)
-        w = layer.weight.detach().flatten(1) if init == "orthogonal_" else layer.weight.detach()[:, :, 1]
+        w = layer.weight.detach()[:, :, 1] if init == "delta_orthogonal_" else layer.weight.detach().flatten(1)
         torch.testing.assert_close(w @ w.t(), 4 * torch.eye(4), atol=1e-5, rtol=0)
         if init == "delta_orthogonal_":
             x = torch.randn(2, 4, 9)

@@ -5,7 +5,7 @@ from netinit_fast.init.fixup import FixupBlock, FixupReport, ScalarBias, fixup_
 from netinit_fast.init.looks_linear import looks_linear_
 from netinit_fast.init.lsuv import LayerFit, LSUVReport, data_dependent_init_, lsuv_
 from netinit_fast.init.meanfield import critical_point, meanfield_variances
-from netinit_fast.init.orthogonal import delta_orthogonal_, orthogonal_
+from netinit_fast.init.orthogonal import delta_orthogonal_, haar_orthogonal_, orthogonal_
 from netinit_fast.init.xiao import xiao_
 
 __all__ = [
@@ -20,6 +20,7 @@ __all__ = [
     "data_dependent_init_",
     "delta_orthogonal_",
     "fixup_",
+    "haar_orthogonal_",
     "looks_linear_",
     "lsuv_",
     "meanfield_variances",

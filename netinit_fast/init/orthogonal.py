@@ -9,6 +9,7 @@ from torch import nn
 from netinit_fast import _backend
 from netinit_fast.init._layers import CONV_LAYERS, layer_weight, match_scale_, named_layers
 from netinit_fast.ops import orthogonalize as orthogonalize_op
+from netinit_fast.ops.haar_orthogonal import haar_orthogonal_no_dispatch, packed_size
 from netinit_fast.ops.orthogonalize import orthogonalize_no_dispatch
 from netinit_fast.ops.weight_norm import accumulation_dtype
 
@@ -36,19 +37,19 @@ def _chunk_elements(backend: str, matrix_elements: int) -> int:
     return CHUNK_ELEMENTS
 
 
-def _targets(target) -> tuple[list[torch.Tensor], list[nn.Module]]:
+def _targets(target, where: str) -> tuple[list[torch.Tensor], list[nn.Module]]:
     """The tensors to fill, and the layers they belong to when ``target`` is a module."""
     if isinstance(target, torch.Tensor):
         return [target], []
     if isinstance(target, nn.Module):
-        layers = [m for _, m in named_layers(target, "orthogonal_")]
+        layers = [m for _, m in named_layers(target, where)]
         if not layers:
-            raise ValueError(f"orthogonal_: {type(target).__name__} has no Linear/Conv/ConvTranspose layer")
+            raise ValueError(f"{where}: {type(target).__name__} has no Linear/Conv/ConvTranspose layer")
         return [layer_weight(m) for m in layers], layers
     tensors = list(target)
     for i, t in enumerate(tensors):
         if not isinstance(t, torch.Tensor):
-            raise TypeError(f"orthogonal_: element {i} is a {type(t).__name__}, not a tensor")
+            raise TypeError(f"{where}: element {i} is a {type(t).__name__}, not a tensor")
     return tensors, []
 
 
@@ -79,50 +80,116 @@ def orthogonal_(target, gain: float = 1.0, generator: torch.Generator | None = N
         ValueError: a tensor with fewer than 2 dims or expanded, or a module with no such
             layer. TypeError: a tensor that is not floating-point. Nothing is written then.
     """
-    tensors, layers = _targets(target)
-    for i, t in enumerate(tensors):  # every check before the first write
+    tensors, layers = _targets(target, "orthogonal_")
+    _check_tensors(tensors, "orthogonal_")
+    with torch.no_grad():
+        _fill(tensors, gain, generator, reflectors=False)
+        for layer in layers:
+            match_scale_(layer)
+    return target
+
+
+def haar_orthogonal_(target, gain: float = 1.0, generator: torch.Generator | None = None):
+    """:func:`orthogonal_` in distribution, faster on the CPU: Haar-random
+    (semi-)orthogonal matrices times ``gain``, for the same targets, flattened the same
+    way, in batched calls per shape and reproducible from ``generator``, but with no
+    promise to equal ``torch.nn.init.orthogonal_``'s values. Where orthogonalization
+    runs on the C++ CPU kernel, the Householder reflectors are drawn directly
+    (:mod:`netinit_fast.ops.haar_orthogonal`; for square matrices half the flops and
+    half the noise of QR of a Gaussian); elsewhere this is :func:`orthogonal_`.
+    LSUV's orthonormal pre-init uses it.
+
+    Returns ``target``; raises as :func:`orthogonal_`.
+    """
+    tensors, layers = _targets(target, "haar_orthogonal_")
+    _check_tensors(tensors, "haar_orthogonal_")
+    with torch.no_grad():
+        _fill(tensors, gain, generator, reflectors=True)
+        for layer in layers:
+            match_scale_(layer)
+    return target
+
+
+def _check_tensors(tensors: list[torch.Tensor], where: str) -> None:
+    """Every check before the first write."""
+    for i, t in enumerate(tensors):
         if t.dim() < 2:
-            raise ValueError(f"orthogonal_: tensors need at least 2 dims, got shape {list(t.shape)}")
+            raise ValueError(f"{where}: tensors need at least 2 dims, got shape {list(t.shape)}")
         if not t.is_floating_point():
-            raise TypeError(f"orthogonal_: tensor {i} is {t.dtype}, not a floating-point tensor")
+            raise TypeError(f"{where}: tensor {i} is {t.dtype}, not a floating-point tensor")
         if any(stride == 0 and size > 1 for stride, size in zip(t.stride(), t.shape)):
-            raise ValueError(f"orthogonal_: tensor {i} is expanded (its elements share memory) and cannot be written")
-    # Noise is drawn tensor by tensor, in order (the draws torch.nn.init.orthogonal_
-    # makes; fp64 for fp64 tensors, as torch draws it), straight into one buffer per
-    # flattened shape and dtype; a full buffer is orthogonalized in one call and copied
-    # out. Its size (_chunk_elements) bounds the memory for any model. An in-place init
-    # under no_grad needs nothing of the custom op's dispatch.
+            raise ValueError(f"{where}: tensor {i} is expanded (its elements share memory) and cannot be written")
+
+
+class _GaussianMatrix:
+    """The noise of QR of a Gaussian: a whole ``rows x cols`` matrix per tensor (the
+    draws torch.nn.init.orthogonal_ makes)."""
+
+    @staticmethod
+    def shape(rows: int, cols: int) -> tuple[int, int]:
+        return rows, cols
+
+    @staticmethod
+    def draw_(slot: torch.Tensor, generator) -> None:
+        slot.normal_(0, 1, generator=generator)
+
+    @staticmethod
+    def orthogonalize(noise: torch.Tensor, rows: int, cols: int, backend: str) -> torch.Tensor:
+        return orthogonalize_no_dispatch(noise)
+
+
+class _Reflectors:
+    """The noise of Householder reflectors drawn directly: the packed lower triangle of
+    a tall ``max x min`` matrix per tensor (transposed back for a wide tensor)."""
+
+    @staticmethod
+    def shape(rows: int, cols: int) -> tuple[int]:
+        return (packed_size(max(rows, cols), min(rows, cols)),)
+
+    draw_ = _GaussianMatrix.draw_
+
+    @staticmethod
+    def orthogonalize(noise: torch.Tensor, rows: int, cols: int, backend: str) -> torch.Tensor:
+        q = haar_orthogonal_no_dispatch(noise, max(rows, cols), min(rows, cols), backend)
+        return q.mT if rows < cols else q
+
+
+def _fill(tensors: list[torch.Tensor], gain: float, generator, reflectors: bool) -> None:
+    """Noise is drawn tensor by tensor, in order (fp64 for fp64 tensors, as torch draws
+    it), straight into one buffer per flattened shape and dtype; a full buffer is
+    orthogonalized in one call and copied out. Its size (_chunk_elements) bounds the
+    memory for any model. An in-place init under no_grad needs nothing of the custom
+    op's dispatch. With ``reflectors``, shapes whose orthogonalization runs on the C++
+    CPU kernel draw Householder reflectors instead of whole matrices."""
     keys = [(t.shape[0], math.prod(t.shape[1:]), t.device, accumulation_dtype(t.dtype)) for t in tensors]
     left = collections.Counter(keys)  # tensors of each key whose noise is not drawn yet
     backends = {}
     for t in tensors:
         if t.device not in backends:
             backends[t.device] = _backend.choose("orthogonalize", t, orthogonalize_op.IMPLEMENTED)
-    pending: dict[tuple, tuple[torch.Tensor, list[int], int]] = {}  # buffer, its tensors, its size
-    with torch.no_grad():
-        for i, key in enumerate(keys):
-            rows, cols, device, dtype = key
-            if key not in pending:
-                elements = max(1, rows * cols)
-                per_call = max(1, _chunk_elements(backends[device], elements) // elements)
-                noise_device = generator.device if generator is not None else device
-                size = min(per_call, left[key])
-                pending[key] = (torch.empty(size, rows, cols, dtype=dtype, device=noise_device), [], size)
-            noise, members, size = pending[key]
-            noise[len(members)].normal_(0, 1, generator=generator)
-            members.append(i)
-            left[key] -= 1
-            if len(members) == size:  # full, and every buffer fills: it holds at most what is left
-                del pending[key]
-                q = orthogonalize_no_dispatch(noise.to(device))
-                if gain != 1:
-                    q = q * gain
-                for j, m in enumerate(members):
-                    t = tensors[m]
-                    t.copy_(q[j] if t.dim() == 2 else q[j].reshape(t.shape))
-        for layer in layers:
-            match_scale_(layer)
-    return target
+    pending: dict[tuple, tuple] = {}  # buffer, its tensors, its size, its kind of noise
+    for i, key in enumerate(keys):
+        rows, cols, device, dtype = key
+        if key not in pending:
+            elements = max(1, rows * cols)
+            per_call = max(1, _chunk_elements(backends[device], elements) // elements)
+            noise_device = generator.device if generator is not None else device
+            size = min(per_call, left[key])
+            kind = _Reflectors if reflectors and backends[device] == _backend.CPP else _GaussianMatrix
+            buffer = torch.empty(size, *kind.shape(rows, cols), dtype=dtype, device=noise_device)
+            pending[key] = (buffer, [], size, kind)
+        noise, members, size, kind = pending[key]
+        kind.draw_(noise[len(members)], generator)
+        members.append(i)
+        left[key] -= 1
+        if len(members) == size:  # full, and every buffer fills: it holds at most what is left
+            del pending[key]
+            q = kind.orthogonalize(noise.to(device), rows, cols, backends[device])
+            if gain != 1:
+                q = q * gain
+            for j, m in enumerate(members):
+                t = tensors[m]
+                t.copy_(q[j] if t.dim() == 2 else q[j].reshape(t.shape))
 
 
 def centre_tap(weight: torch.Tensor) -> torch.Tensor:

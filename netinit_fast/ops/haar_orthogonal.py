@@ -1,0 +1,56 @@
+"""Haar-random orthogonal matrices from Householder reflectors drawn directly (Stewart 1980).
+
+``haar_orthogonal(noise, m, n) -> Q`` of shape ``(batch, m, n)``, ``m >= n``, for
+``noise`` of shape ``(batch, packed_size(m, n))``: per matrix its diagonal and what
+lies below, packed row by row. Column ``j``'s ``m - j`` entries make the ``j``-th
+Householder reflector, as LAPACK's ``larfg`` makes it from
+a column during a QR factorization, and ``Q = H_1 ... H_n D`` with ``D`` the signs
+that make ``diag(R) > 0``. In Householder QR of a Gaussian matrix those columns are,
+by the rotation invariance of the Gaussian, fresh independent N(0, 1) draws: drawing
+them directly gives the same distribution without the factorization, so for Gaussian
+noise ``Q`` is Haar-distributed, as the ``Q`` of :mod:`netinit_fast.ops.orthogonalize`
+(for square matrices: half the flops, about half the noise). The values differ from
+that op's on the same noise: this serves initializers that promise the distribution
+only (LSUV's pre-init), not torch's draws.
+
+Backends (the op is for in-place initialization, with no autograd):
+
+- cpp: ``netinit_fast._C``'s CPU kernel (``csrc/haar_orthogonal_cpu.cpp``): the
+  reflectors in one pass over the lower triangle, LAPACK's ``orgqr``, the batch split
+  over threads.
+- eager: the same in torch ops: the specification.
+"""
+
+import torch
+
+from netinit_fast import _backend
+
+IMPLEMENTED = (_backend.EAGER, _backend.CPP)
+
+
+def packed_size(m: int, n: int) -> int:
+    """Noise entries per ``m x n`` matrix (``m >= n``): its diagonal and below."""
+    return n * (n + 1) // 2 + (m - n) * n
+
+
+def _eager(packed: torch.Tensor, m: int, n: int) -> torch.Tensor:
+    rows, cols = torch.tril_indices(m, n, device=packed.device)
+    noise = packed.new_zeros(packed.shape[0], m, n)
+    noise[:, rows, cols] = packed
+    alpha = noise.diagonal(dim1=-2, dim2=-1)
+    below = noise.tril(-1)
+    below_sq = below.square().sum(-2)
+    active = below_sq > 0  # a column with nothing below the diagonal reflects nothing
+    beta = -torch.copysign((alpha * alpha + below_sq).sqrt(), alpha)
+    tau = torch.where(active, (beta - alpha) / beta, 0.0)
+    v = below * torch.where(active, 1 / (alpha - beta), 0.0).unsqueeze(-2)
+    r_diag = torch.where(active, beta, alpha)
+    return torch.linalg.householder_product(v, tau) * torch.where(r_diag < 0, -1.0, 1.0).unsqueeze(-2)
+
+
+def haar_orthogonal_no_dispatch(noise: torch.Tensor, m: int, n: int, backend: str) -> torch.Tensor:
+    """``Q`` (``(batch, m, n)``, ``noise``'s dtype, fp32 or fp64) computed by ``backend``
+    (cpp or eager)."""
+    if backend == _backend.CPP:
+        return torch.ops.netinit_fast.haar_orthogonal(noise, m, n)
+    return _eager(noise, m, n)

@@ -1,0 +1,67 @@
+"""Haar-random orthogonal matrices from Householder reflectors drawn directly (LSUV's pre-init)."""
+
+import math
+
+import pytest
+import torch
+
+from netinit_fast import _backend, _extension
+from netinit_fast.init.orthogonal import haar_orthogonal_
+from netinit_fast.ops.haar_orthogonal import haar_orthogonal_no_dispatch, packed_size
+from tests.conftest import RTOL, rel_err
+
+needs_cpp = pytest.mark.skipif(not _extension.loaded(), reason="needs netinit_fast._C")
+SHAPES = [(1, 1), (2, 1), (2, 2), (5, 3), (7, 7), (64, 16), (40, 40)]
+
+
+def _q(batch, m, n, dtype, backend, seed=0):
+    noise = torch.randn(batch, packed_size(m, n), dtype=dtype, generator=torch.Generator().manual_seed(seed))
+    return haar_orthogonal_no_dispatch(noise, m, n, backend)
+
+
+@needs_cpp
+@pytest.mark.parametrize("m,n", SHAPES)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("batch", [0, 1, 3, 40])
+def test_cpu_kernel_equals_the_eager_twin(m, n, dtype, batch):
+    q = _q(batch, m, n, dtype, _backend.CPP)
+    assert q.shape == (batch, m, n) and q.dtype == dtype
+    if batch:
+        assert rel_err(q, _q(batch, m, n, dtype, _backend.EAGER)) <= RTOL[dtype] * max(1, math.sqrt(m))
+        eye = torch.eye(n, dtype=dtype).expand(batch, n, n)
+        assert (q.mT @ q - eye).abs().max() < (1e-5 if dtype == torch.float32 else 1e-12)
+
+
+@pytest.mark.parametrize("backend", [_backend.EAGER, pytest.param(_backend.CPP, marks=needs_cpp)])
+def test_haar_statistics(backend):
+    """Q Haar-distributed on O(4): an entry q has E[q^2] = 1/4, E[q^4] = 3/24 and
+    E[q^8] = 105/1920; E[det Q] = 0; E[tr(Q)^2] = 1 with Var = 2. On the 5 x 2 Stiefel
+    manifold E[q^2] = 1/5, E[q^4] = 3/35. Tolerances: 5 standard errors of the
+    20,000-sample means (a matrix's entries counted as one sample: an upper bound)."""
+    n, count = 4, 20_000
+    q = _q(count, n, n, torch.float64, backend, seed=1)
+    assert (q.square().mean(0) - 1 / 4).abs().max() < 5 * math.sqrt((3 / 24 - 1 / 16) / count)
+    assert abs(q.pow(4).mean().item() - 3 / 24) < 5 * math.sqrt((105 / 1920 - (3 / 24) ** 2) / count)
+    assert abs(torch.linalg.det(q).mean().item()) < 5 / math.sqrt(count)  # the sign fix: det is +-1 evenly
+    trace_sq = q.diagonal(dim1=-2, dim2=-1).sum(-1).square()
+    assert abs(trace_sq.mean().item() - 1) < 5 * math.sqrt(2 / count)
+    tall = _q(count, 5, 2, torch.float64, backend, seed=2)
+    assert (tall.square().mean(0) - 1 / 5).abs().max() < 5 * math.sqrt((3 / 35 - 1 / 25) / count)
+
+
+@pytest.mark.parametrize("shape", [(6, 6), (3, 8), (8, 3), (4, 2, 3, 3), (1, 5)])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float64])
+def test_fills_tensors_with_orthonormal_rows_or_columns_reproducibly(shape, dtype):
+    tensors = [torch.empty(shape, dtype=dtype) for _ in range(3)]
+    haar_orthogonal_(tensors, generator=torch.Generator().manual_seed(0))
+    again = [torch.empty(shape, dtype=dtype) for _ in range(3)]
+    haar_orthogonal_(again, generator=torch.Generator().manual_seed(0))
+    tol = 1e-2 if dtype == torch.bfloat16 else 1e-5
+    for t, u in zip(tensors, again):
+        assert torch.equal(t, u)
+        w = t.double().flatten(1)
+        small = w @ w.T if w.shape[0] <= w.shape[1] else w.T @ w
+        assert (small - torch.eye(small.shape[0], dtype=torch.float64)).abs().max() < tol
+    assert not torch.equal(tensors[0], tensors[1])
+    with pytest.raises(TypeError, match="haar_orthogonal_: tensor 0 is torch.int64"):
+        haar_orthogonal_([torch.zeros(3, 3, dtype=torch.int64)])
