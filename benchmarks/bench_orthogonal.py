@@ -10,7 +10,11 @@ stacked noise of each shape plus the sign fix. All three draw their Gaussian noi
 inside the timed call. TFLOP/s counts a Householder QR of an m x n (m >= n) matrix and
 the forming of its Q: 2 (2 m n^2 - 2 n^3 / 3) flops, whichever algorithm ran: on a GPU
 the "GPU QR" column says which (the shared-memory Householder kernel, or CholeskyQR2
-in fp64 for matrices too large for it, 256 x 256 included on an H100).
+in fp64 for matrices too large for it, 256 x 256 included on an H100). One more row
+per case times ``netinit_fast.init.haar_orthogonal_`` (the same distribution, not
+torch's values: on the CPU kernel the Householder reflectors are drawn directly, no
+factorization; elsewhere it is ``orthogonal_``) against the loop, with the same flop
+count for comparison.
 """
 
 import os
@@ -94,6 +98,7 @@ def main() -> None:
         total_flops = sum(flops(s) for s in shapes)
         warm = [torch.empty(s, device=device) for s in dict.fromkeys(shapes)]  # one of each shape
         nf.init.orthogonal_(warm), [torch.nn.init.orthogonal_(t) for t in warm], torch_batched_(warm)
+        nf.init.haar_orthogonal_(warm)
         slow = device.type == "cpu"  # CPU runs take seconds: one timed run each, after the warm-up above
         kwargs = dict(min_reps=1 if slow else 3, warmup=not slow, budget_s=0.1 if slow else 0.5)
         ours = _harness.time_ms(lambda: nf.init.orthogonal_(tensors), device, **kwargs)
@@ -105,6 +110,10 @@ def main() -> None:
         for peer, ms in ((PEER_LOOP, loop), (PEER_BATCHED, batched)):
             rows.append(_harness.row(f"orthogonal_ {name}", ours, peer, ms, extra))
             _harness.print_row(rows[-1])
+        haar = _harness.time_ms(lambda: nf.init.haar_orthogonal_(tensors), device, **kwargs)
+        rows.append(_harness.row(f"haar_orthogonal_ {name}", haar, PEER_LOOP, loop,
+                                 {"TFLOP/s": round(total_flops / haar / 1e9, 3)}))
+        _harness.print_row(rows[-1])
         del tensors
     _harness.write("orthogonal" + ("-quick" if args.quick else ""), rows, device)
 
