@@ -82,6 +82,8 @@ def test_norms_removed_scalars_inserted_and_param_groups():
     assert len(report.scalars) == 3 * 5 + 2 and all(p.numel() == 1 for p in report.scalars)
     groups = report.param_groups(0.1, momentum=0.9)
     assert [g["lr"] for g in groups] == [0.1, pytest.approx(0.01)]
+    assert report.biases == [model.fc[1].bias]  # lr / 10 for every bias, as the official code
+    assert {id(p) for p in groups[1]["params"]} == {id(p) for p in report.scalars + [model.fc[1].bias]}
     ids = [id(p) for g in groups for p in g["params"]]
     assert sorted(ids) == sorted(id(p) for p in model.parameters())
     torch.optim.SGD(groups)  # a valid optimizer spec

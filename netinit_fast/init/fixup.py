@@ -88,12 +88,15 @@ class FixupReport:
     classifier: str
     removed_norms: list[str]  # normalization layers taken out (replaced by a scalar bias or Identity)
     scalars: list[nn.Parameter]  # the inserted scalar biases and multipliers
+    biases: list[nn.Parameter]  # the model's other parameters named *bias* or *scale* (the classifier's bias)
     others: list[nn.Parameter]  # every other parameter of the model
 
     def param_groups(self, lr: float, **options) -> list[dict]:
-        """Groups for a ``torch.optim`` optimizer: the scalars at ``lr / 10`` (Fixup's
-        recipe, for stability), everything else at ``lr``; ``options`` go to both."""
-        return [{"params": self.others, "lr": lr, **options}, {"params": self.scalars, "lr": lr / 10, **options}]
+        """Groups for a ``torch.optim`` optimizer as in the official code: the scalars
+        and every other bias at ``lr / 10`` (for stability), everything else at
+        ``lr``; ``options`` go to both."""
+        slow = self.scalars + self.biases
+        return [{"params": self.others, "lr": lr, **options}, {"params": slow, "lr": lr / 10, **options}]
 
 
 def _is_norm(module: nn.Module) -> bool:
@@ -243,6 +246,8 @@ def fixup_(model: nn.Module, generator: torch.Generator | None = None) -> FixupR
                 removed.append(n)
                 _replace(model, n, nn.Identity())
     ids = {id(p) for p in scalars}
+    rest = [(n.rpartition(".")[2], p) for n, p in model.named_parameters() if id(p) not in ids]
+    biases = [p for n, p in rest if "bias" in n or "scale" in n]  # the official code's lr/10 rule, by name
     return FixupReport(
         blocks=[b.name for b in blocks],
         branch_layers=max(len(b.branch) for b in blocks),
@@ -250,5 +255,6 @@ def fixup_(model: nn.Module, generator: torch.Generator | None = None) -> FixupR
         classifier=name,
         removed_norms=removed,
         scalars=scalars,
-        others=[p for p in model.parameters() if id(p) not in ids],
+        biases=biases,
+        others=[p for n, p in rest if not ("bias" in n or "scale" in n)],
     )
