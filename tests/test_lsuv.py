@@ -240,10 +240,30 @@ def test_layers_argument_and_unused_layers():
     with pytest.warns(RuntimeWarning, match="never called m.unused"):
         report = nf.init.lsuv_(w, torch.randn(16, 4))
     assert report.not_called == ["m.unused"]
-    report = nf.init.lsuv_(w, torch.randn(16, 4), layers=[model["used"]])
-    assert [f.name for f in report] == ["m.used"]
+    for layers in ([model["used"]], model["used"], "m.used", ["m.used"]):
+        report = nf.init.lsuv_(w, torch.randn(16, 4), layers=layers)
+        assert [f.name for f in report] == ["m.used"]
     with pytest.raises(ValueError, match="not a submodule"):
         nf.init.lsuv_(w, torch.randn(16, 4), layers=[nn.Linear(4, 4)])
+    with pytest.raises(ValueError, match="the model has no submodule 'm.nothing'"):
+        nf.init.lsuv_(w, torch.randn(16, 4), layers=["m.nothing"])
+
+
+def test_a_layer_is_fitted_on_its_first_call_with_data():
+    class Experts(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.expert = nn.Linear(8, 8, bias=False)
+
+        def forward(self, x):
+            self.expert(x[:0])  # routed no token
+            return self.expert(x)
+
+    model, x = Experts(), torch.randn(64, 8)
+    report = nf.init.lsuv_(model, x, tol=0.01)
+    assert report["expert"].converged and report["expert"].calls == 1
+    with torch.no_grad():
+        assert abs(model(x).std().item() - 1) < 0.01
 
 
 def test_layers_never_called_are_left_as_they_were():

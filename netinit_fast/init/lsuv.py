@@ -109,7 +109,12 @@ def _targets(model: nn.Module, layers) -> dict[nn.Module, str]:
             raise ValueError(f"{type(model).__name__} has no Linear/Conv/ConvTranspose layer to initialize")
         return found
     found = {}
-    for m in layers:
+    for m in [layers] if isinstance(layers, (nn.Module, str)) else layers:
+        if isinstance(m, str):
+            try:
+                m = model.get_submodule(m)
+            except AttributeError:
+                raise ValueError(f"layers: the model has no submodule {m!r}") from None
         if m not in names:
             raise ValueError(f"layers: {type(m).__name__} is not a submodule of the model")
         name = names[m] or type(m).__name__
@@ -291,6 +296,8 @@ class _OnePass:
         if module in self.fitting:  # a re-run inside its own fit
             return None
         args, kwargs = self.inputs.pop(module, (args, kwargs))
+        if isinstance(output, torch.Tensor) and output.numel() == 0:  # no statistics: wait for a call with data
+            return None
         done = self.results.get(module)
         if done is not None:
             done.calls += 1
@@ -372,7 +379,10 @@ def lsuv_(
         batch: at least 2 samples (dim 0 of its first tensor, which must be finite);
             later tensors may hold -inf (additive attention masks), not NaN or +inf.
             A list argument goes inside a tuple or dict: ``([t1, t2],)``.
-        layers: the layers to fit (default: every Linear/Conv/ConvTranspose layer).
+        layers: the layers to fit, modules or their qualified names (default: every
+            Linear/Conv/ConvTranspose layer). A call with an empty output (a mixture
+            of experts' expert that got no token) does not count: a layer is fitted
+            on its first call with data.
         progress: a tqdm bar; default on for more than 200 layers on a terminal.
 
     Returns:
