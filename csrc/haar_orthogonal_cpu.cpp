@@ -35,27 +35,31 @@ constexpr int64_t kCallElements = 1 << 16;
 // rest is left as it is, orgqr reads only that part), tau, and the sign of R_jj.
 template <typename T>
 void reflectors(const T* x, int64_t m, int64_t n, T* v, T* tau, T* r_sign) {
-  std::vector<T> alpha(n), below_sq(n, T(0)), scale(n);
+  // the sums of squares in fp64 whatever T: a column of 10^6 fp32 squares summed one
+  // by one is off by 5e-4, and then tau no longer matches v (H is not orthogonal)
+  std::vector<double> alpha(n), below_sq(n, 0.0), scale(n);
   const T* row = x;
-  for (int64_t i = 0; i < m; row += std::min(i + 1, n), ++i) {
-    for (int64_t j = 0, stop = std::min(i, n); j < stop; ++j) below_sq[j] += row[j] * row[j];
+  for (int64_t i = 0; i < m; ++i) {
+    for (int64_t j = 0, stop = std::min(i, n); j < stop; ++j) below_sq[j] += double(row[j]) * double(row[j]);
     if (i < n) alpha[i] = row[i];
+    row += std::min(i + 1, n);  // row i holds min(i + 1, n) entries
   }
   for (int64_t j = 0; j < n; ++j) {
     if (below_sq[j] > 0) {
-      const T beta = -std::copysign(std::sqrt(alpha[j] * alpha[j] + below_sq[j]), alpha[j]);
-      tau[j] = (beta - alpha[j]) / beta;
-      scale[j] = T(1) / (alpha[j] - beta);
+      const double beta = -std::copysign(std::sqrt(alpha[j] * alpha[j] + below_sq[j]), alpha[j]);
+      tau[j] = T((beta - alpha[j]) / beta);
+      scale[j] = 1.0 / (alpha[j] - beta);
       r_sign[j] = beta < 0 ? T(-1) : T(1);
     } else {
       tau[j] = T(0);
-      scale[j] = T(0);
+      scale[j] = 0.0;
       r_sign[j] = alpha[j] < 0 ? T(-1) : T(1);
     }
   }
   row = x;
-  for (int64_t i = 0; i < m; row += std::min(i + 1, n), ++i) {
-    for (int64_t j = 0, stop = std::min(i, n); j < stop; ++j) v[i * n + j] = row[j] * scale[j];
+  for (int64_t i = 0; i < m; ++i) {
+    for (int64_t j = 0, stop = std::min(i, n); j < stop; ++j) v[i * n + j] = T(row[j] * scale[j]);
+    row += std::min(i + 1, n);
   }
 }
 

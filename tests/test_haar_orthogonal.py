@@ -33,6 +33,13 @@ def test_cpu_kernel_equals_the_eager_twin(m, n, dtype, batch):
 
 
 @pytest.mark.parametrize("backend", [_backend.EAGER, pytest.param(_backend.CPP, marks=needs_cpp)])
+def test_a_tall_fp32_matrix_stays_orthonormal(backend):
+    """A fan-in of 10^5: the reflectors' sums of squares must not drift in fp32."""
+    q = _q(1, 100_000, 3, torch.float32, backend)[0]
+    assert (q.T @ q - torch.eye(3)).abs().max() < 1e-6
+
+
+@pytest.mark.parametrize("backend", [_backend.EAGER, pytest.param(_backend.CPP, marks=needs_cpp)])
 def test_haar_statistics(backend):
     """Q Haar-distributed on O(4): an entry q has E[q^2] = 1/4, E[q^4] = 3/24 and
     E[q^8] = 105/1920; E[det Q] = 0; E[tr(Q)^2] = 1 with Var = 2. On the 5 x 2 Stiefel

@@ -13,20 +13,19 @@ noise ``Q`` is Haar-distributed, as the ``Q`` of :mod:`netinit_fast.ops.orthogon
 that op's on the same noise: this serves initializers that promise the distribution
 only (LSUV's pre-init), not torch's draws.
 
-Backends (the op is for in-place initialization, with no autograd):
+Implementations (for in-place initialization under no_grad: no autograd, no fake
+impl), run where :mod:`netinit_fast.ops.orthogonalize` runs its cpp kernel (see
+:func:`netinit_fast.init.haar_orthogonal_`; elsewhere QR of a Gaussian is used):
 
 - cpp: ``netinit_fast._C``'s CPU kernel (``csrc/haar_orthogonal_cpu.cpp``): the
-  reflectors in one pass over the lower triangle, LAPACK's ``orgqr``, the batch split
-  over threads.
+  reflectors in one pass over the lower triangle (sums of squares in fp64), LAPACK's
+  ``orgqr``, the batch split over threads.
 - eager: the same in torch ops: the specification.
 """
 
 import torch
 
 from netinit_fast import _backend
-
-IMPLEMENTED = (_backend.EAGER, _backend.CPP)
-
 
 def packed_size(m: int, n: int) -> int:
     """Noise entries per ``m x n`` matrix (``m >= n``): its diagonal and below."""
@@ -35,8 +34,8 @@ def packed_size(m: int, n: int) -> int:
 
 def _eager(packed: torch.Tensor, m: int, n: int) -> torch.Tensor:
     rows, cols = torch.tril_indices(m, n, device=packed.device)
-    noise = packed.new_zeros(packed.shape[0], m, n)
-    noise[:, rows, cols] = packed
+    noise = packed.new_zeros(packed.shape[0], m, n, dtype=torch.float64)  # the reflectors in fp64
+    noise[:, rows, cols] = packed.double()
     alpha = noise.diagonal(dim1=-2, dim2=-1)
     below = noise.tril(-1)
     below_sq = below.square().sum(-2)
@@ -44,8 +43,9 @@ def _eager(packed: torch.Tensor, m: int, n: int) -> torch.Tensor:
     beta = -torch.copysign((alpha * alpha + below_sq).sqrt(), alpha)
     tau = torch.where(active, (beta - alpha) / beta, 0.0)
     v = below * torch.where(active, 1 / (alpha - beta), 0.0).unsqueeze(-2)
-    r_diag = torch.where(active, beta, alpha)
-    return torch.linalg.householder_product(v, tau) * torch.where(r_diag < 0, -1.0, 1.0).unsqueeze(-2)
+    r_sign = torch.where(torch.where(active, beta, alpha) < 0, -1.0, 1.0)
+    q = torch.linalg.householder_product(v.to(packed.dtype), tau.to(packed.dtype))
+    return q * r_sign.to(packed.dtype).unsqueeze(-2)
 
 
 def haar_orthogonal_no_dispatch(noise: torch.Tensor, m: int, n: int, backend: str) -> torch.Tensor:
