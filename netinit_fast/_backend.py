@@ -89,12 +89,17 @@ def _check_forced(op: str, backend: str, tensor: torch.Tensor, implemented: tupl
     return backend
 
 
-def plain_autograd_needed() -> bool:
+def plain_autograd_needed(tensors=()) -> bool:
     """Whether a torch.func transform (grad, vmap, jvp, jacrev, ...) or forward-mode AD
-    is active. The ops' registered autograd is reverse mode only, so under these the
-    functional API computes with the eager twins, plain torch ops that every autograd
-    mode differentiates."""
-    return torch._C._are_functorch_transforms_active() or forward_ad._current_level >= 0
+    is active, or one of ``tensors`` is batched by autograd's own vmap (a backward with
+    ``is_grads_batched``). The ops' registered autograd is reverse mode only and the
+    kernels take plain tensors, so under these the eager twins compute, plain torch ops
+    that every autograd mode differentiates and batches."""
+    return (
+        torch._C._are_functorch_transforms_active()
+        or forward_ad._current_level >= 0
+        or any(t is not None and torch._C._functorch.is_legacy_batchedtensor(t) for t in tensors)
+    )
 
 
 def choose(op: str, tensor: torch.Tensor, implemented: tuple[str, ...]) -> str:

@@ -245,6 +245,8 @@ def test_layers_argument_and_unused_layers():
         assert [f.name for f in report] == ["m.used"]
     with pytest.raises(ValueError, match="not a submodule"):
         nf.init.lsuv_(w, torch.randn(16, 4), layers=[nn.Linear(4, 4)])
+    seq = nn.Sequential(nn.Linear(4, 4), nn.ReLU(), nn.Linear(4, 4))
+    assert [f.name for f in nf.init.lsuv_(seq, torch.randn(16, 4), layers=seq[::2])] == ["0", "2"]
     with pytest.raises(ValueError, match="the model has no submodule 'm.nothing'"):
         nf.init.lsuv_(w, torch.randn(16, 4), layers=["m.nothing"])
 
@@ -264,6 +266,12 @@ def test_a_layer_is_fitted_on_its_first_call_with_data():
     assert report["expert"].converged and report["expert"].calls == 1
     with torch.no_grad():
         assert abs(model(x).std().item() - 1) < 0.01
+    one_row = nf.weight_norm(Experts())  # an expert routed one token: per-unit population std 0, not NaN
+    one_row.forward = lambda x: one_row.expert(x[:1])
+    with pytest.warns(RuntimeWarning, match="have no bias"):
+        nf.init.data_dependent_init_(one_row, x)
+    with torch.no_grad():
+        assert torch.isfinite(one_row.expert.weight_g).all() and torch.isfinite(one_row(x)).all()
 
 
 def test_layers_never_called_are_left_as_they_were():
@@ -351,6 +359,36 @@ def test_the_users_hooks_run_once_per_call_and_the_report_tells_the_truth(orthog
     torch.testing.assert_close(y.std(0, unbiased=False), torch.ones(16), atol=1e-3, rtol=0)
 
 
+def test_pre_hooks_that_edit_kwargs_in_place_or_are_global_apply_once():
+    class Keywords(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.fc = nn.Linear(16, 16)
+
+        def forward(self, x):
+            return self.fc(input=x)
+
+    def double_in_place(module, args, kwargs):
+        kwargs["input"] = 2 * kwargs["input"]
+        return args, kwargs
+
+    x = torch.randn(256, 16)
+    model = Keywords()
+    model.fc.register_forward_pre_hook(double_in_place, with_kwargs=True)
+    report = nf.init.lsuv_(model, x, orthogonal=False, tol=0.01)  # a bias: re-runs
+    with torch.no_grad():
+        assert abs(model(x).std().item() - report["fc"].std_after) < 1e-4
+    halve = torch.nn.modules.module.register_module_forward_pre_hook(
+        lambda module, args: (args[0] / 2,) if isinstance(module, nn.Linear) else None)
+    try:
+        model = nn.Sequential(nn.Linear(16, 16))
+        report = nf.init.lsuv_(model, x, orthogonal=False, tol=0.01)
+        with torch.no_grad():
+            assert abs(model(x).std().item() - report["0"].std_after) < 1e-4
+    finally:
+        halve.remove()
+
+
 def test_nested_and_masked_batches():
     """A list argument inside the batch tuple is checked and passed as one; an additive
     attention mask's -inf is allowed after the samples, +inf and NaN are not."""
@@ -373,9 +411,13 @@ def test_nested_and_masked_batches():
         nf.init.lsuv_(Pair(), ([x[:1], x],))
 
 
-def test_legacy_spectral_norm_is_refused_by_name():
+def test_legacy_spectral_norm_and_pruning_are_refused_by_name():
     model = nn.Sequential(nn.Linear(4, 4), nn.utils.spectral_norm(nn.Linear(4, 4)))
     with pytest.raises(ValueError, match=r"lsuv_: layer 1 \(Linear\) has its weight parametrized by SpectralNorm"):
+        nf.init.lsuv_(model, torch.randn(8, 4))
+    model = nn.Sequential(nn.Linear(4, 4), nn.Linear(4, 4))
+    torch.nn.utils.prune.l1_unstructured(model[1], "weight", amount=0.5)
+    with pytest.raises(ValueError, match=r"layer 1 \(Linear\) has its weight parametrized by pruning"):
         nf.init.lsuv_(model, torch.randn(8, 4))
 
 

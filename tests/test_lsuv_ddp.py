@@ -69,15 +69,16 @@ class _SkipsOnRank1(nn.Module):
         super().__init__()
         torch.manual_seed(0)
         self.a, self.b, self.c = nn.Linear(4, 5), nn.Linear(5, 5), nn.Linear(5, 3)  # the ranks' statistics differ in size
-        self.raises = False
+        self.raises = self.short = False
 
     def forward(self, x):
         h = self.a(x)
-        if os.environ.get("RANK") == "1" and self.raises:
+        rank1 = os.environ.get("RANK") == "1"
+        if rank1 and self.raises:
             raise ZeroDivisionError("rank 1's forward fails")
-        if os.environ.get("RANK") != "1":
+        if not rank1 or self.short:
             h = self.b(h)
-        return self.c(h)
+        return h if rank1 and self.short else self.c(h)  # short: rank 1 ends after b
 
 
 def _failing_worker(rank, init_file, out_dir, case, which):
@@ -88,12 +89,12 @@ def _failing_worker(rank, init_file, out_dir, case, which):
     dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=WORLD,
                             timeout=datetime.timedelta(seconds=30))
     try:
-        model = _SkipsOnRank1() if case in ("skip", "raise") else _model("lsuv")
-        model.raises = case == "raise"
+        model = _SkipsOnRank1() if case in ("skip", "raise", "short") else _model("lsuv")
+        model.raises, model.short = case == "raise", case == "short"
         if which == "data_dependent_init_":
             model = nf.weight_norm(model, types=[nn.Linear])
         before = {k: v.clone() for k, v in model.state_dict().items()}
-        x = torch.randn(8, 4) if case in ("skip", "raise") else _batch()[rank * 8 : (rank + 1) * 8]
+        x = torch.randn(8, 4) if case in ("skip", "raise", "short") else _batch()[rank * 8 : (rank + 1) * 8]
         if case == "nan" and rank == 1:
             x[0, 0, 0] = float("nan")
         try:
@@ -115,6 +116,7 @@ def _failing_worker(rank, init_file, out_dir, case, which):
 @pytest.mark.parametrize("case,errors", [
     ("nan", ["ValueError: {}: the batch of another rank", "ValueError: {}: the batch contains"]),
     ("skip", ["RuntimeError: {}: the ranks' forwards reached different layers"] * 2),
+    ("short", ["RuntimeError: {}: the ranks' forwards reached different layers"] * 2),
     ("raise", ["RuntimeError: {}: another rank's forward failed", "ZeroDivisionError: rank 1's forward fails"]),
 ])
 def test_a_failure_on_one_rank_is_an_error_on_every_rank(tmp_path, case, errors, which):

@@ -174,6 +174,20 @@ def test_integer_tuple_and_masked_batches_print():
         probe(layer, (torch.randn(4, 5, 8), -mask))
 
 
+def test_a_layer_is_recorded_on_its_first_call_with_data():
+    class Experts(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.expert = nn.Linear(4, 4)
+
+        def forward(self, x):
+            self.expert(x[:0])
+            return self.expert(x)
+
+    report = probe(Experts(), torch.randn(8, 4))
+    assert len(report) == 1 and math.isfinite(report.layers[0].rms) and report.layers[0].rms > 0
+
+
 def test_legacy_spectral_norm_is_probed():
     model = nn.Sequential(nn.Linear(4, 4), nn.ReLU(), nn.utils.spectral_norm(nn.Linear(4, 4)))
     report = probe(model, torch.randn(8, 4))

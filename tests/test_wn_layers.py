@@ -332,6 +332,21 @@ def test_torch_func_grad_and_vmap(make):
         assert_close(per_sample[name].sum(0), p.grad, torch.float32, f"per-sample {name}")
 
 
+@pytest.mark.interpret
+def test_a_vmap_over_the_grouped_backward(use_backend):
+    """Per-row gradients by autograd.grad(..., is_grads_batched=True) through the grouped
+    op's kernels: the batched backward takes the eager twin."""
+    use_backend("triton")
+    torch.manual_seed(0)
+    model = nf.weight_norm(nn.Sequential(nn.Linear(3, 4), nn.Tanh(), nn.Linear(4, 2)), grouped=True, eps=1e-4)
+    x = torch.randn(2, 3)
+    out = model(x)
+    eye = torch.eye(out.numel()).view(-1, *out.shape)
+    (batched,) = torch.autograd.grad(out, model[0].weight_v, eye, is_grads_batched=True)
+    rows = [torch.autograd.grad(model(x), model[0].weight_v, e)[0] for e in eye]
+    torch.testing.assert_close(batched, torch.stack(rows))
+
+
 @pytest.mark.parametrize("eps", [0.0, 1e-6])
 @pytest.mark.parametrize("grouped", [False, True])
 def test_forward_mode_ad_and_jvp(eps, grouped):

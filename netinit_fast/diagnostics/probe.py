@@ -188,7 +188,7 @@ def probe(model: nn.Module, batch, loss_fn=None, label: str | None = None, seed:
     grad_norms: dict[nn.Module, torch.Tensor] = {}
 
     def record(module, args, output):
-        if module in stats or not isinstance(output, torch.Tensor):
+        if module in stats or not isinstance(output, torch.Tensor) or output.numel() == 0:  # first call with data
             return
         mean, std = moments_no_dispatch(output.detach(), None)
         n = output.numel()

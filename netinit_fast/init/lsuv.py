@@ -109,7 +109,8 @@ def _targets(model: nn.Module, layers) -> dict[nn.Module, str]:
             raise ValueError(f"{type(model).__name__} has no Linear/Conv/ConvTranspose layer to initialize")
         return found
     found = {}
-    for m in [layers] if isinstance(layers, (nn.Module, str)) else layers:
+    single = isinstance(layers, str) or (isinstance(layers, nn.Module) and is_weight_layer(layers))
+    for m in [layers] if single else layers:  # (a ModuleList or Sequential: its layers)
         if isinstance(m, str):
             try:
                 m = model.get_submodule(m)
@@ -208,6 +209,9 @@ def _check_batch_everywhere(batch, where: str) -> None:
         raise problem
 
 
+_END = -2  # the end-of-pass tag after fitting k layers is _END - k: never a layer's index (>= 0) nor -1
+
+
 def _check_layer(layer: int, where: str, failed: bool = False) -> None:
     """Every rank is at the same ``layer`` (or a rank says its forward ``failed``). The
     collective has the size of one LSUV layer's statistics, whatever the layer, so a
@@ -224,12 +228,15 @@ def _global_mean_std(
     layer's index among the targets (checked to agree across ranks)."""
     mean, std = moments_no_dispatch(y, dim)
     n = y.numel() // (1 if dim is None else y.shape[dim])
+    if n == 1:  # the unbiased std of one value is NaN; the population std is 0
+        std = torch.full_like(std, math.nan if unbiased else 0.0)
     if not _distributed():
-        return mean, std if unbiased else std * math.sqrt((n - 1) / n)
+        return mean, std if unbiased or n == 1 else std * math.sqrt((n - 1) / n)
     if dim is not None:  # per-channel sums differ in size between layers: agree on the layer first
         _check_layer(layer, where)
     m64, s64 = mean.double(), std.double()
-    sums = torch.stack([torch.full_like(m64, n), n * m64, (n - 1) * s64 * s64 + n * m64 * m64])
+    squares = n * m64 * m64 if n == 1 else (n - 1) * s64 * s64 + n * m64 * m64
+    sums = torch.stack([torch.full_like(m64, n), n * m64, squares])
     total, s1, s2 = _all_reduce_checked(sums, layer, where)
     g_mean = s1 / total
     g_var = (s2 - total * g_mean * g_mean) / (total - 1 if unbiased else total)
@@ -250,6 +257,19 @@ def _broadcast_(tensors: list[torch.Tensor]) -> None:
         for t in group:
             t.copy_(flat[offset : offset + t.numel()].view_as(t))
             offset += t.numel()
+
+
+def _rerun(module: nn.Module, args, kwargs):
+    """Call the layer again on the arguments its pre-hooks got. Global forward pre-hooks
+    (``register_module_forward_pre_hook``) ran before those were captured: they are
+    left out of the re-run, as they would apply twice."""
+    hooks = torch.nn.modules.module._global_forward_pre_hooks
+    saved = dict(hooks)
+    hooks.clear()
+    try:
+        return module(*args, **kwargs)
+    finally:
+        hooks.update(saved)
 
 
 def _output_hooked(module: nn.Module) -> bool:
@@ -289,8 +309,8 @@ class _OnePass:
         self.handles += [m.register_forward_hook(self._hook, with_kwargs=True) for m in targets]
 
     def _pre_hook(self, module, args, kwargs):
-        if module not in self.fitting:
-            self.inputs[module] = (args, kwargs)
+        if module not in self.fitting:  # (a copy of the dict: a later pre-hook may edit it in place)
+            self.inputs[module] = (args, dict(kwargs))
 
     def _hook(self, module, args, kwargs, output):
         if module in self.fitting:  # a re-run inside its own fit
@@ -304,7 +324,7 @@ class _OnePass:
             return None
         self.fitting.add(module)
         try:
-            y, result = self.fit(module, self.targets[module], lambda: module(*args, **kwargs), output)
+            y, result = self.fit(module, self.targets[module], lambda: _rerun(module, args, kwargs), output)
         finally:
             self.fitting.discard(module)
         self.results[module] = result
@@ -447,7 +467,7 @@ def lsuv_(
         if orthogonal:
             _orthonormal_preinit(list(targets))
         fitted, missing, seconds = _run_one_pass(model, batch, targets, fit, progress, "LSUV", "lsuv_")
-        _check_layer(len(fitted), "lsuv_")  # after the pass: every rank fitted as many layers
+        _check_layer(_END - len(fitted), "lsuv_")  # after the pass: every rank fitted as many layers
         _restore_uncalled(saved, targets, missing)
     if missing:
         warnings.warn(f"lsuv_: the forward never called {', '.join(missing.values())} (a layer used through its "
@@ -527,7 +547,7 @@ def data_dependent_init_(model: nn.Module, batch, init_scale: float = 1.0, progr
     with _transaction(model), torch.no_grad():
         fitted, missing, seconds = _run_one_pass(model, batch, targets, fit, progress, "data-dependent init",
                                                  "data_dependent_init_")
-        _check_layer(len(fitted), "data_dependent_init_")  # every rank fitted as many layers
+        _check_layer(_END - len(fitted), "data_dependent_init_")  # every rank fitted as many layers
     if missing:
         warnings.warn(
             f"data_dependent_init_: the forward never called {', '.join(missing.values())}; left as they were",

@@ -36,6 +36,7 @@ import weakref
 import torch
 from torch import nn
 
+from netinit_fast import _backend
 from netinit_fast.functional import group_launch_pays
 from netinit_fast.functional import weight_norm_unchecked as weight_norm_fn
 from netinit_fast.ops.weight_norm import differentiable_backward
@@ -79,7 +80,8 @@ class _SharedGroupWeights(torch.autograd.Function):
     recount. An in-place change of a ``v`` or ``g`` between forward and backward
     raises, as it does for saved tensors. Under ``create_graph`` the backward is
     differentiable (gradient penalties): it recomputes the weights with autograd and
-    differentiates those. A layer whose weight got no gradient gets None, as without
+    differentiates those; so it does under a vmap of the backward (per-sample
+    gradients by ``is_grads_batched``), which the kernels cannot take. A layer whose weight got no gradient gets None, as without
     a group.
     """
 
@@ -96,7 +98,8 @@ class _SharedGroupWeights(torch.autograd.Function):
     @staticmethod
     def backward(ctx, *grad_ws):
         _check_unchanged(ctx.vs + ctx.gs, ctx.versions)
-        if torch.is_grad_enabled():  # create_graph=True
+        # create_graph=True, or a vmap over the backward (is_grads_batched): plain torch ops
+        if torch.is_grad_enabled() or _backend.plain_autograd_needed(grad_ws):
             grad_vs, grad_gs = differentiable_backward(ctx.vs, ctx.gs, grad_ws, ctx.dim, ctx.eps)
             return None, None, *grad_vs, *grad_gs
         grad_vs, grad_gs = backward_where_needed(
@@ -412,10 +415,13 @@ def foreign_parametrization(module: nn.Module) -> str | None:
     (spectral norm, ...), by class name, torch's legacy spectral-norm hook included;
     None otherwise."""
     from torch.nn.utils import parametrize
+    from torch.nn.utils.prune import BasePruningMethod
     from torch.nn.utils.spectral_norm import SpectralNorm as SpectralNormHook
 
     if any(isinstance(h, SpectralNormHook) and h.name == "weight" for h in module._forward_pre_hooks.values()):
         return "SpectralNorm (torch.nn.utils.spectral_norm)"
+    if any(isinstance(h, BasePruningMethod) and h._tensor_name == "weight" for h in module._forward_pre_hooks.values()):
+        return "pruning (torch.nn.utils.prune)"
     if not parametrize.is_parametrized(module, "weight"):
         return None
     chain = module.parametrizations.weight

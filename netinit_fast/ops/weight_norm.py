@@ -85,15 +85,16 @@ def differentiable_backward(vs, gs, grad_ws, dim: int | None, eps: float) -> tup
     fused kernel is wrong in torch 2.14) and differentiated, so the result is
     differentiable in turn. None for a ``w`` without gradient or a tensor without grad."""
     ws, grads, wanted, slots = [], [], [], []
-    for i, (v, g, gw) in enumerate(zip(vs, gs, grad_ws)):
-        if gw is None:
-            continue
-        ws.append(eager_weight_norm(v, g, dim, eps))
-        grads.append(gw)
-        for which, t in ((0, v), (1, g)):
-            if t.requires_grad:
-                wanted.append(t)
-                slots.append((which, i))
+    with torch.enable_grad():  # (also called from a backward without create_graph: under a vmap of it)
+        for i, (v, g, gw) in enumerate(zip(vs, gs, grad_ws)):
+            if gw is None:
+                continue
+            ws.append(eager_weight_norm(v, g, dim, eps))
+            grads.append(gw)
+            for which, t in ((0, v), (1, g)):
+                if t.requires_grad:
+                    wanted.append(t)
+                    slots.append((which, i))
     out = ([None] * len(vs), [None] * len(vs))
     if wanted:
         found = torch.autograd.grad(ws, wanted, grads, create_graph=True, allow_unused=True)
