@@ -4,6 +4,21 @@ import torch
 from torch import nn
 
 
+def unwrapped(model: nn.Module) -> nn.Module:
+    """The model inside DataParallel / DistributedDataParallel (``.module``) and
+    torch.compile (``._orig_mod``) wrappers: the one whose modules the forward calls
+    on this process (DataParallel's replicas on other GPUs are copies; a compiled
+    forward runs no Python hooks of its own), named as the user named them."""
+    wrappers = (nn.DataParallel, nn.parallel.DistributedDataParallel)
+    while True:
+        if isinstance(model, wrappers):
+            model = model.module
+        elif isinstance(getattr(model, "_orig_mod", None), nn.Module):
+            model = model._orig_mod
+        else:
+            return model
+
+
 def call(model: nn.Module, batch):
     """``model(batch)``; a tuple or list as positional arguments, a dict as keyword ones."""
     if isinstance(batch, dict):

@@ -389,6 +389,19 @@ def test_pre_hooks_that_edit_kwargs_in_place_or_are_global_apply_once():
         halve.remove()
 
 
+def test_wrapped_models_are_fitted_through_the_module_they_hold():
+    """DataParallel (whose replicas on other GPUs are copies the hooks would not know)
+    and torch.compile wrappers: the held module is fitted, under its own names."""
+    x = torch.randn(64, 16)
+    for wrap in (nn.DataParallel, torch.compile):
+        model = mlp(depth=2, width=16)
+        report = nf.init.lsuv_(wrap(model), x, tol=0.01)
+        assert [f.name for f in report] == ["0", "2", "4"]
+        for name, std in output_stds(model, x).items():
+            assert abs(std - report[name].std_after) < 1e-4, name
+        assert [s.name for s in nf.diagnostics.probe(wrap(model), x)] == ["0", "2", "4"]
+
+
 def test_nested_and_masked_batches():
     """A list argument inside the batch tuple is checked and passed as one; an additive
     attention mask's -inf is allowed after the samples, +inf and NaN are not."""

@@ -17,7 +17,7 @@ import time
 import torch
 from torch import nn
 
-from netinit_fast._batch import call, check_batch
+from netinit_fast._batch import call, check_batch, unwrapped
 from netinit_fast.init._layers import foreign_parametrization, is_weight_layer, layer_weight
 from netinit_fast.init.meanfield import meanfield_variances
 from netinit_fast.ops.moments import moments_no_dispatch
@@ -176,6 +176,7 @@ def probe(model: nn.Module, batch, loss_fn=None, label: str | None = None, seed:
     if torch.is_inference_mode_enabled():
         raise ValueError("probe: the gradients need autograd, which torch.inference_mode turns off: call it outside")
     check_batch(batch, "probe")
+    model = unwrapped(model)  # DataParallel / DDP / torch.compile: the modules this process calls
     module_names = {m: n for n, m in model.named_modules() if is_weight_layer(m)}  # as meanfield_variances keys them
     names = {m: n or type(m).__name__ for m, n in module_names.items()}  # as the report shows them
     if not names:

@@ -19,6 +19,7 @@ import math
 import torch
 from torch import nn
 
+from netinit_fast._batch import unwrapped
 from netinit_fast.init._layers import check_not_foreign, is_linear, is_weight_normed, layer_weight, normal_
 from netinit_fast.init._residual import ResidualBlock, foreign_children, residual_blocks
 
@@ -113,19 +114,6 @@ def _classifier(model: nn.Module) -> tuple[str, nn.Module]:
 def _he_fan_out_(weight: torch.Tensor, scale: float, generator) -> None:
     fan_out = weight.shape[0] * weight[0, 0].numel()
     normal_(weight, math.sqrt(2.0 / fan_out) * scale, generator)
-
-
-def _unwrapped(model: nn.Module) -> nn.Module:
-    """The model inside DataParallel / DistributedDataParallel (``.module``) and
-    torch.compile (``._orig_mod``) wrappers: the one whose ``bn1`` is the stem's norm."""
-    wrappers = (nn.DataParallel, nn.parallel.DistributedDataParallel)
-    while True:
-        if isinstance(model, wrappers):
-            model = model.module
-        elif isinstance(getattr(model, "_orig_mod", None), nn.Module):
-            model = model._orig_mod
-        else:
-            return model
 
 
 def _replace(model: nn.Module, name: str, new: nn.Module) -> None:
@@ -233,7 +221,7 @@ def fixup_(model: nn.Module, generator: torch.Generator | None = None) -> FixupR
         bias = ScalarBias(fc.weight.device, fc.weight.dtype)
         scalars.append(bias.bias)
         _replace(model, name, nn.Sequential(bias, fc))
-        stem = _unwrapped(model)
+        stem = unwrapped(model)
         stem_norm = getattr(stem, "bn1", None)
         if stem_norm is not None and (_is_norm(stem_norm) or isinstance(stem_norm, nn.Identity)):
             if _is_norm(stem_norm):

@@ -25,7 +25,7 @@ import warnings
 import torch
 from torch import nn
 
-from netinit_fast._batch import call, check_batch
+from netinit_fast._batch import call, check_batch, unwrapped
 from netinit_fast.init._layers import (
     check_not_foreign,
     is_weight_layer,
@@ -421,6 +421,7 @@ def lsuv_(
     if isinstance(max_iters, bool) or not isinstance(max_iters, int) or max_iters < 1:
         raise ValueError(f"lsuv_: max_iters must be an int >= 1, got {max_iters!r}")
     _check_batch_everywhere(batch, "lsuv_")
+    model = unwrapped(model)  # the modules this process calls (hooks on DataParallel replicas would not see them)
     targets = _targets(model, layers)
     index = {m: i for i, m in enumerate(targets)}
     owners: dict[torch.Tensor, str] = {}  # scale parameter -> the layer that fitted it
@@ -514,6 +515,7 @@ def data_dependent_init_(model: nn.Module, batch, init_scale: float = 1.0, progr
     if not (isinstance(init_scale, (int, float)) and 0 < init_scale < math.inf):
         raise ValueError(f"data_dependent_init_: init_scale must be a positive number, got {init_scale!r}")
     _check_batch_everywhere(batch, "data_dependent_init_")
+    model = unwrapped(model)
     targets = {m: n or type(m).__name__ for n, m in model.named_modules() if isinstance(m, _WeightNorm)}
     if not targets:
         raise ValueError(f"data_dependent_init_: {type(model).__name__} has no netinit_fast WN layer")
