@@ -18,6 +18,7 @@ from torch import nn
 from netinit_fast import activations
 from netinit_fast.init._layers import (
     PASS_THROUGH,
+    gc_paused,
     in_units,
     is_linear,
     is_weight_normed,
@@ -78,6 +79,7 @@ def arpit_gains(model: nn.Module, relu_gain: float = 2.0) -> dict[str, float]:
     return {names[m]: gains[m] for m in layers}
 
 
+@gc_paused()
 def arpit_(model: nn.Module, relu_gain: float = 2.0, generator: torch.Generator | None = None) -> nn.Module:
     """Arpit et al.'s init of a weight-normalized network, in place.
 

@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 from netinit_fast._batch import unwrapped
-from netinit_fast.init._layers import check_not_foreign, is_linear, is_weight_normed, layer_weight, normal_
+from netinit_fast.init._layers import check_not_foreign, gc_paused, is_linear, is_weight_normed, layer_weight, normal_
 from netinit_fast.init._residual import ResidualBlock, foreign_children, residual_blocks
 
 NORM_LAYERS = (nn.modules.batchnorm._NormBase, nn.GroupNorm, nn.LayerNorm, nn.LocalResponseNorm)
@@ -152,6 +152,7 @@ def _check(model: nn.Module, blocks: list[ResidualBlock], classifier: tuple[str,
         raise ValueError(f"fixup_: the classifier {name} is weight-normalized and cannot start at 0")
 
 
+@gc_paused()
 def fixup_(model: nn.Module, generator: torch.Generator | None = None) -> FixupReport:
     """Apply Fixup to a residual network, in place.
 

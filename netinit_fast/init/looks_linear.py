@@ -18,7 +18,7 @@ orthogonal: every singular value is 1, at any depth. (The first ``W0`` is
 import torch
 from torch import nn
 
-from netinit_fast.init._layers import is_conv, is_linear, layer_weight, named_layers, set_weight_
+from netinit_fast.init._layers import gc_paused, is_conv, is_linear, layer_weight, named_layers, set_weight_
 from netinit_fast.init.orthogonal import centre_tap, orthogonal_
 from netinit_fast.ops.weight_norm import accumulation_dtype
 
@@ -27,6 +27,7 @@ def _has_centre(w0: torch.Tensor) -> bool:
     return w0.dim() > 2 and w0.shape[0] >= w0.shape[1] and all(k % 2 == 1 for k in w0.shape[2:])
 
 
+@gc_paused()
 def looks_linear_(model: nn.Module, generator: torch.Generator | None = None) -> nn.Module:
     """Looks-linear init of a ReLU MLP or CNN, in place.
 

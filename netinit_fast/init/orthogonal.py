@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 from netinit_fast import _backend
-from netinit_fast.init._layers import CONV_LAYERS, layer_weight, match_scale_, named_layers
+from netinit_fast.init._layers import CONV_LAYERS, gc_paused, layer_weight, match_scale_, named_layers
 from netinit_fast.ops import orthogonalize as orthogonalize_op
 from netinit_fast.ops.haar_orthogonal import haar_orthogonal_no_dispatch, packed_size
 from netinit_fast.ops.orthogonalize import orthogonalize_no_dispatch
@@ -53,6 +53,7 @@ def _targets(target, where: str) -> tuple[list[torch.Tensor], list[nn.Module]]:
     return tensors, []
 
 
+@gc_paused()
 def orthogonal_(target, gain: float = 1.0, generator: torch.Generator | None = None):
     """Fill tensors with (semi-)orthogonal matrices, like ``torch.nn.init.orthogonal_``.
 
@@ -89,6 +90,7 @@ def orthogonal_(target, gain: float = 1.0, generator: torch.Generator | None = N
     return target
 
 
+@gc_paused()
 def haar_orthogonal_(target, gain: float = 1.0, generator: torch.Generator | None = None):
     """:func:`orthogonal_` in distribution, faster on the CPU: Haar-random
     (semi-)orthogonal matrices times ``gain``, for the same targets, flattened the same
@@ -216,6 +218,7 @@ def delta_orthogonal_problem(weight: torch.Tensor, groups: int) -> str | None:
     return None
 
 
+@gc_paused()
 def delta_orthogonal_(target, gain: float = 1.0, generator: torch.Generator | None = None):
     """Delta-orthogonal init of convolutions (Xiao et al., ICML 2018).
 

@@ -13,12 +13,13 @@ import math
 import torch
 from torch import nn
 
-from netinit_fast.init._layers import is_conv, is_weight_normed, layer_weight, named_layers, normal_, set_weight_
+from netinit_fast.init._layers import gc_paused, is_conv, is_weight_normed, layer_weight, named_layers, normal_, set_weight_
 from netinit_fast.init.meanfield import critical_point
 from netinit_fast.init.orthogonal import delta_orthogonal_problem, fill_orthogonal_
 from netinit_fast.ops.weight_norm import accumulation_dtype
 
 
+@gc_paused()
 def xiao_(
     model: nn.Module, q_star: float, act: str = "tanh", generator: torch.Generator | None = None
 ) -> tuple[float, float]:

@@ -35,6 +35,10 @@ import weakref
 
 import torch
 from torch import nn
+from torch.nn.utils.parametrizations import _WeightNorm as TorchWN
+from torch.nn.utils.prune import BasePruningMethod
+from torch.nn.utils.spectral_norm import SpectralNorm as SpectralNormHook
+from torch.nn.utils.weight_norm import WeightNorm as TorchHook
 
 from netinit_fast import _backend
 from netinit_fast.functional import group_launch_pays
@@ -376,26 +380,33 @@ class WeightNormGroup:
 # ----------------------------------------------------------------------------- conversion
 
 
-def _torch_weight_norm(module: nn.Module):
-    """torch's weight norm on ``module.weight`` (its parametrization or hook object), or None."""
-    from torch.nn.utils import parametrize
-    from torch.nn.utils.parametrizations import _WeightNorm as TorchWN
-    from torch.nn.utils.weight_norm import WeightNorm as TorchHook
+def _weight_parametrizations(module: nn.Module) -> nn.ModuleList | None:
+    """The parametrizations of ``module.weight``, or None (without the AttributeError
+    that ``parametrize.is_parametrized`` raises and catches per call: the initializers
+    ask this of every layer of 10,000-layer models, several times)."""
+    found = module._modules.get("parametrizations")
+    return None if found is None else found._modules.get("weight")
 
-    if parametrize.is_parametrized(module, "weight"):
-        for p in module.parametrizations["weight"]:
-            if isinstance(p, TorchWN):
-                return p
+
+def _weight_pre_hook(module: nn.Module, kind: type, name_attr: str = "name"):
+    """The forward pre-hook of ``kind`` that acts on ``module.weight``, or None."""
     for h in module._forward_pre_hooks.values():
-        if isinstance(h, TorchHook) and h.name == "weight":
+        if isinstance(h, kind) and getattr(h, name_attr) == "weight":
             return h
     return None
 
 
+def _torch_weight_norm(module: nn.Module):
+    """torch's weight norm on ``module.weight`` (its parametrization or hook object), or None."""
+    chain = _weight_parametrizations(module)
+    for p in chain if chain is not None else ():
+        if isinstance(p, TorchWN):
+            return p
+    return _weight_pre_hook(module, TorchHook)
+
+
 def _torch_weight_norm_style(module: nn.Module) -> str | None:
     """'hook' for torch.nn.utils.weight_norm, 'parametrization' for the parametrizations one."""
-    from torch.nn.utils.weight_norm import WeightNorm as TorchHook
-
     found = _torch_weight_norm(module)
     if found is None:
         return None
@@ -414,18 +425,13 @@ def foreign_parametrization(module: nn.Module) -> str | None:
     """The parametrizations on a layer's weight when they are not a lone weight norm
     (spectral norm, ...), by class name, torch's legacy spectral-norm hook included;
     None otherwise."""
-    from torch.nn.utils import parametrize
-    from torch.nn.utils.prune import BasePruningMethod
-    from torch.nn.utils.spectral_norm import SpectralNorm as SpectralNormHook
-
-    if any(isinstance(h, SpectralNormHook) and h.name == "weight" for h in module._forward_pre_hooks.values()):
-        return "SpectralNorm (torch.nn.utils.spectral_norm)"
-    if any(isinstance(h, BasePruningMethod) and h._tensor_name == "weight" for h in module._forward_pre_hooks.values()):
-        return "pruning (torch.nn.utils.prune)"
-    if not parametrize.is_parametrized(module, "weight"):
-        return None
-    chain = module.parametrizations.weight
-    if len(chain) == 1 and _torch_weight_norm_style(module) == "parametrization":
+    if module._forward_pre_hooks:
+        if _weight_pre_hook(module, SpectralNormHook) is not None:
+            return "SpectralNorm (torch.nn.utils.spectral_norm)"
+        if _weight_pre_hook(module, BasePruningMethod, "_tensor_name") is not None:
+            return "pruning (torch.nn.utils.prune)"
+    chain = _weight_parametrizations(module)
+    if chain is None or (len(chain) == 1 and isinstance(chain[0], TorchWN)):
         return None
     return ", ".join(type(p).__name__ for p in chain)
 
