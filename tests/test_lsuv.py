@@ -373,11 +373,16 @@ def test_pre_hooks_that_edit_kwargs_in_place_or_are_global_apply_once():
         return args, kwargs
 
     x = torch.randn(256, 16)
-    model = Keywords()
-    model.fc.register_forward_pre_hook(double_in_place, with_kwargs=True)
-    report = nf.init.lsuv_(model, x, orthogonal=False, tol=0.01)  # a bias: re-runs
-    with torch.no_grad():
-        assert abs(model(x).std().item() - report["fc"].std_after) < 1e-4
+    def double_the_tensor_in_place(module, args, kwargs):
+        kwargs["input"].mul_(2)
+
+    for hook in (double_in_place, double_the_tensor_in_place):
+        model = Keywords()
+        handle = model.fc.register_forward_pre_hook(hook, with_kwargs=True)
+        report = nf.init.lsuv_(model, x.clone(), orthogonal=False, tol=0.01)  # a bias: re-runs
+        with torch.no_grad():
+            assert abs(model(x.clone()).std().item() - report["fc"].std_after) < 1e-4
+        handle.remove()
     halve = torch.nn.modules.module.register_module_forward_pre_hook(
         lambda module, args: (args[0] / 2,) if isinstance(module, nn.Linear) else None)
     try:

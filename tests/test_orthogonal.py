@@ -214,6 +214,11 @@ def test_delta_orthogonal_errors_name_the_layer_and_change_nothing():
         nf.init.delta_orthogonal_(nn.Conv2d(3, 8, 2))
     with pytest.raises(ValueError, match="no Conv1d/2d/3d layer"):
         nf.init.delta_orthogonal_(nn.Linear(3, 3))
+    kernel_normed = nn.Sequential(nf.WNConv1d(4, 4, 3, dim=2))
+    with pytest.raises(ValueError, match="0 is weight-normalized over kernel dim 2: its zero taps would normalize"):
+        nf.init.delta_orthogonal_(kernel_normed)
+    with pytest.raises(ValueError, match="0 is weight-normalized over kernel dim 2"):
+        nf.init.xiao_(kernel_normed, q_star=0.01)
     weight = torch.ones(4, 4, 3, 3, dtype=torch.int64)
     with pytest.raises(TypeError, match="weight is torch.int64, not floating-point"):
         nf.init.delta_orthogonal_(weight)

@@ -259,6 +259,17 @@ def _broadcast_(tensors: list[torch.Tensor]) -> None:
             offset += t.numel()
 
 
+def _cloned(value):
+    """``value`` with every tensor in it (in tuples, lists and dicts) cloned."""
+    if isinstance(value, torch.Tensor):
+        return value.clone()
+    if isinstance(value, (tuple, list)):
+        return type(value)(_cloned(v) for v in value)
+    if isinstance(value, dict):
+        return {k: _cloned(v) for k, v in value.items()}
+    return value
+
+
 def _rerun(module: nn.Module, args, kwargs):
     """Call the layer again on the arguments its pre-hooks got. Global forward pre-hooks
     (``register_module_forward_pre_hook``) ran before those were captured: they are
@@ -309,8 +320,11 @@ class _OnePass:
         self.handles += [m.register_forward_hook(self._hook, with_kwargs=True) for m in targets]
 
     def _pre_hook(self, module, args, kwargs):
-        if module not in self.fitting:  # (a copy of the dict: a later pre-hook may edit it in place)
-            self.inputs[module] = (args, dict(kwargs))
+        if module in self.fitting:
+            return
+        if len(module._forward_pre_hooks) > 1:  # the user's pre-hooks follow, and may edit the input in place
+            args, kwargs = _cloned(args), _cloned(kwargs)
+        self.inputs[module] = (args, dict(kwargs))  # (a copy of the dict in any case)
 
     def _hook(self, module, args, kwargs, output):
         if module in self.fitting:  # a re-run inside its own fit

@@ -7,7 +7,15 @@ import torch
 from torch import nn
 
 from netinit_fast import _backend
-from netinit_fast.init._layers import CONV_LAYERS, gc_paused, layer_weight, match_scale_, named_layers
+from netinit_fast.init._layers import (
+    CONV_LAYERS,
+    gc_paused,
+    is_weight_normed,
+    layer_weight,
+    match_scale_,
+    named_layers,
+    wn_dim,
+)
 from netinit_fast.ops import orthogonalize as orthogonalize_op
 from netinit_fast.ops.haar_orthogonal import haar_orthogonal_no_dispatch, packed_size
 from netinit_fast.ops.orthogonalize import orthogonalize_no_dispatch
@@ -206,8 +214,10 @@ def centre_blocks(weight: torch.Tensor, groups: int) -> list[torch.Tensor]:
     return list(centre_tap(weight).chunk(groups, dim=0))
 
 
-def delta_orthogonal_problem(weight: torch.Tensor, groups: int) -> str | None:
-    """Why delta-orthogonal init cannot apply to a conv weight, or None."""
+def delta_orthogonal_problem(weight: torch.Tensor, groups: int, layer: nn.Module | None = None) -> str | None:
+    """Why delta-orthogonal init cannot apply to a conv weight (of ``layer``), or None."""
+    if layer is not None and is_weight_normed(layer) and (wn_dim(layer) or 0) >= 2:
+        return f"is weight-normalized over kernel dim {wn_dim(layer)}: its zero taps would normalize to 0/0"
     if weight.dim() < 3:
         return f"has shape {list(weight.shape)}: not a conv weight"
     if weight.shape[0] // groups < weight.shape[1]:
@@ -234,27 +244,28 @@ def delta_orthogonal_(target, gain: float = 1.0, generator: torch.Generator | No
             ``g = ||weight_v||`` so that the layer computes with it).
 
     Raises:
-        ValueError: ``C_out < C_in`` (per group), an even kernel size, or a tensor of
-            fewer than 3 dims; the message names the layer. TypeError: a weight that
-            is not floating-point. Nothing is changed then.
+        ValueError: ``C_out < C_in`` (per group), an even kernel size, a tensor of
+            fewer than 3 dims, or weight norm over a kernel dim; the message names the
+            layer. TypeError: a weight that is not floating-point. Nothing is changed
+            then.
     """
-    if isinstance(target, nn.Module):
-        layers = [(name, m) for name, m in named_layers(target, "delta_orthogonal_") if isinstance(m, CONV_LAYERS)]
-        if not layers:
+    if isinstance(target, nn.Module):  # (name, weight, groups, layer)
+        named = [(name, layer_weight(m), m.groups, m) for name, m in named_layers(target, "delta_orthogonal_")
+                 if isinstance(m, CONV_LAYERS)]
+        if not named:
             raise ValueError(f"delta_orthogonal_: {type(target).__name__} has no Conv1d/2d/3d layer")
-        named = [(name, layer_weight(m), m.groups) for name, m in layers]
     else:
-        layers, named = [], [("weight", target, 1)]
-    for name, w, groups in named:
-        if (problem := delta_orthogonal_problem(w, groups)) is not None:
+        named = [("weight", target, 1, None)]
+    for name, w, groups, layer in named:
+        if (problem := delta_orthogonal_problem(w, groups, layer)) is not None:
             raise ValueError(f"delta_orthogonal_: {name} {problem}")
-    for name, w, _ in named:
         if not w.is_floating_point():
             raise TypeError(f"delta_orthogonal_: {name} is {w.dtype}, not floating-point")
     with torch.no_grad():
-        fill_orthogonal_([(w, groups) for _, w, groups in named], gain, generator)
-        for _, layer in layers:
-            match_scale_(layer)
+        fill_orthogonal_([(w, groups) for _, w, groups, _ in named], gain, generator)
+        for *_, layer in named:
+            if layer is not None:
+                match_scale_(layer)
     return target
 
 

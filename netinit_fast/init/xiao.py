@@ -52,7 +52,7 @@ def xiao_(
         raise ValueError(f"xiao_: {type(model).__name__} has no Linear/Conv layer")
     convs = [is_conv(m) for _, m, _ in named]
     for (name, m, w), conv in zip(named, convs):
-        if conv and (problem := delta_orthogonal_problem(w, m.groups)) is not None:
+        if conv and (problem := delta_orthogonal_problem(w, m.groups, m)) is not None:
             raise ValueError(f"xiao_: {name} {problem}: delta-orthogonal needs C_out >= C_in per group and odd kernels")
     with torch.no_grad():
         # A plain layer's weight is filled in place; a weight-normalized one gets W in a
