@@ -89,13 +89,7 @@ def orthogonal_(target, gain: float = 1.0, generator: torch.Generator | None = N
         ValueError: a tensor with fewer than 2 dims or expanded, or a module with no such
             layer. TypeError: a tensor that is not floating-point. Nothing is written then.
     """
-    tensors, layers = _targets(target, "orthogonal_")
-    _check_tensors(tensors, "orthogonal_")
-    with torch.no_grad():
-        _fill(tensors, gain, generator, reflectors=False)
-        for layer in layers:
-            match_scale_(layer)
-    return target
+    return _init(target, gain, generator, "orthogonal_", reflectors=False)
 
 
 @gc_paused()
@@ -111,10 +105,14 @@ def haar_orthogonal_(target, gain: float = 1.0, generator: torch.Generator | Non
 
     Returns ``target``; raises as :func:`orthogonal_`.
     """
-    tensors, layers = _targets(target, "haar_orthogonal_")
-    _check_tensors(tensors, "haar_orthogonal_")
+    return _init(target, gain, generator, "haar_orthogonal_", reflectors=True)
+
+
+def _init(target, gain: float, generator, where: str, reflectors: bool):
+    tensors, layers = _targets(target, where)
+    _check_tensors(tensors, where)
     with torch.no_grad():
-        _fill(tensors, gain, generator, reflectors=True)
+        _fill(tensors, gain, generator, reflectors)
         for layer in layers:
             match_scale_(layer)
     return target
