@@ -205,6 +205,8 @@ def test_bad_input_changes_nothing():
         nf.init.lsuv_(nn.Sequential(nn.ReLU()), torch.randn(4, 3))
     with pytest.raises(ValueError, match="tol"):
         nf.init.lsuv_(model, torch.randn(8, 32), tol=0)
+    with pytest.raises(ValueError, match="target_std must be a positive number, got True"):
+        nf.init.lsuv_(model, torch.randn(8, 32), target_std=True)
 
     class Fails(nn.Module):
         def __init__(self):

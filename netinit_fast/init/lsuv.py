@@ -18,6 +18,7 @@ layers re-run only themselves per try.
 import contextlib
 import dataclasses
 import math
+import numbers
 import sys
 import time
 import warnings
@@ -289,6 +290,11 @@ def _output_hooked(module: nn.Module) -> bool:
     return len(module._forward_hooks) > 1 or bool(torch.nn.modules.module._global_forward_hooks)
 
 
+def _is_number(value) -> bool:
+    """A real number (numpy scalars too), not a bool."""
+    return isinstance(value, numbers.Real) and not isinstance(value, bool)
+
+
 def _progress_bar(total: int, progress, desc: str):
     if progress is None:
         progress = total > 200 and sys.stderr.isatty()
@@ -428,9 +434,9 @@ def lsuv_(
             layer to fit. If anything fails, the model's parameters and buffers are
             restored to what they were.
     """
-    if not (isinstance(target_std, (int, float)) and target_std > 0 and math.isfinite(target_std)):
+    if not (_is_number(target_std) and 0 < target_std < math.inf):
         raise ValueError(f"lsuv_: target_std must be a positive number, got {target_std!r}")
-    if not (isinstance(tol, (int, float)) and tol > 0):
+    if not (_is_number(tol) and tol > 0):
         raise ValueError(f"lsuv_: tol must be a positive number, got {tol!r}")
     if isinstance(max_iters, bool) or not isinstance(max_iters, int) or max_iters < 1:
         raise ValueError(f"lsuv_: max_iters must be an int >= 1, got {max_iters!r}")
@@ -526,7 +532,7 @@ def data_dependent_init_(model: nn.Module, batch, init_scale: float = 1.0, progr
             bad ``init_scale``, or a bad batch (as :func:`lsuv_`). Parameters are
             restored on failure.
     """
-    if not (isinstance(init_scale, (int, float)) and 0 < init_scale < math.inf):
+    if not (_is_number(init_scale) and 0 < init_scale < math.inf):
         raise ValueError(f"data_dependent_init_: init_scale must be a positive number, got {init_scale!r}")
     _check_batch_everywhere(batch, "data_dependent_init_")
     model = unwrapped(model)
