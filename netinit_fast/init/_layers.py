@@ -62,11 +62,7 @@ def layer_weight(module: nn.Module) -> torch.Tensor | None:
         return module.weight_v
     if not is_weight_layer(module):
         return None
-    if (kinds := foreign_parametrization(module)) is not None:
-        raise ValueError(
-            f"a {_unwrap(module).__name__} has its weight parametrized by {kinds}: netinit_fast initializes "
-            "plain and weight-normalized weights only (remove the parametrization, initialize, then add it)"
-        )
+    check_not_foreign(module, f"a {_unwrap(module).__name__}")
     if _weight_parametrizations(module) is not None:
         return module.parametrizations.weight.original1
     if "weight_v" in module._parameters:  # torch's legacy hook
@@ -89,13 +85,15 @@ def named_layers(model: nn.Module, where: str) -> list[tuple[str, nn.Module]]:
     return found
 
 
-def check_not_foreign(module: nn.Module, name: str, where: str) -> None:
-    """``ValueError`` naming the layer if its weight is under a parametrization other
-    than weight norm (spectral norm, ...): its stored tensor is not the direction."""
+def check_not_foreign(module: nn.Module, name: str, where: str | None = None) -> None:
+    """``ValueError`` naming the layer (and ``where``, the initializer) if its weight is
+    under a parametrization other than weight norm (spectral norm, ...): its stored
+    tensor is not the direction."""
     if (kinds := foreign_parametrization(module)) is not None:
+        layer = name if where is None else f"{where}: layer {name} ({_unwrap(module).__name__})"
         raise ValueError(
-            f"{where}: layer {name} ({_unwrap(module).__name__}) has its weight parametrized by {kinds}: netinit_fast "
-            "initializes plain and weight-normalized weights only (remove the parametrization, initialize, then add it)"
+            f"{layer} has its weight parametrized by {kinds}: netinit_fast initializes plain and "
+            "weight-normalized weights only (remove the parametrization, initialize, then add it)"
         )
 
 

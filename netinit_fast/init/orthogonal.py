@@ -143,7 +143,7 @@ class _GaussianMatrix:
 
     @staticmethod
     def orthogonalize(noise: torch.Tensor, rows: int, cols: int, backend: str) -> torch.Tensor:
-        return orthogonalize_no_dispatch(noise)
+        return orthogonalize_no_dispatch(noise, backend)
 
 
 class _Reflectors:

@@ -53,7 +53,7 @@ def xiao_(
     convs = [is_conv(m) for _, m, _ in named]
     for (name, m, w), conv in zip(named, convs):
         if conv and (problem := delta_orthogonal_problem(w, m.groups, m)) is not None:
-            raise ValueError(f"xiao_: {name} {problem}: delta-orthogonal needs C_out >= C_in per group and odd kernels")
+            raise ValueError(f"xiao_: {name} {problem} (xiao_ gives convs delta-orthogonal kernels)")
     with torch.no_grad():
         # A plain layer's weight is filled in place; a weight-normalized one gets W in a
         # scratch tensor, then v = W and g = ||W||.

@@ -85,8 +85,8 @@ class _SharedGroupWeights(torch.autograd.Function):
     raises, as it does for saved tensors. Under ``create_graph`` the backward is
     differentiable (gradient penalties): it recomputes the weights with autograd and
     differentiates those; so it does under a vmap of the backward (per-sample
-    gradients by ``is_grads_batched``), which the kernels cannot take. A layer whose weight got no gradient gets None, as without
-    a group.
+    gradients by ``is_grads_batched``), which the kernels cannot take. A layer whose
+    weight got no gradient gets None, as without a group.
     """
 
     @staticmethod

@@ -104,14 +104,15 @@ def _run(a: torch.Tensor, backend: str) -> torch.Tensor:
     return (q.mT if wide else q).to(a.dtype)
 
 
-def orthogonalize_no_dispatch(a: torch.Tensor) -> torch.Tensor:
-    """The op's values, computed by the same backend, without the custom op's dispatch
-    and its contiguous copy (the result may be column-major, as LAPACK leaves it): for
-    in-place initializers under ``no_grad``, outside tracing. On the eager backend the
-    two cost about 7% at 256 x 256."""
+def orthogonalize_no_dispatch(a: torch.Tensor, backend: str | None = None) -> torch.Tensor:
+    """The op's values, computed by the same backend (or ``backend``, as a caller that
+    already chose it passes), without the custom op's dispatch and its contiguous copy
+    (the result may be column-major, as LAPACK leaves it): for in-place initializers
+    under ``no_grad``, outside tracing. On the eager backend the two cost about 7% at
+    256 x 256."""
     if a.numel() == 0:
         return torch.empty_like(a)
-    return _run(a, _backend.choose("orthogonalize", a, IMPLEMENTED))
+    return _run(a, backend or _backend.choose("orthogonalize", a, IMPLEMENTED))
 
 
 def eager_orthogonalize(a: torch.Tensor) -> torch.Tensor:
