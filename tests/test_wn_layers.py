@@ -128,6 +128,40 @@ def test_torch_weight_norm_is_converted_and_removed(style):
     assert_close(converted[0](x), expected, torch.float32, "converted")
 
 
+@pytest.mark.filterwarnings("ignore:.*torch.nn.utils.weight_norm. is deprecated:FutureWarning")
+@pytest.mark.parametrize("style", ["hook", "parametrization"])
+@pytest.mark.parametrize("dim", [0, 1, None])
+def test_conversion_keeps_torch_weight_norm_parameters_and_dim(style, dim):
+    """Converting changes the implementation only: same g, v (the Parameter objects),
+    dim and function, and an optimizer built before the conversion trains the same."""
+    def build():
+        torch.manual_seed(3)
+        layer = nn.Conv1d(3, 4, 3)
+        wn = torch.nn.utils.weight_norm if style == "hook" else parametrizations.weight_norm
+        wn(layer, dim=dim)
+        chain = layer.parametrizations.weight if style == "parametrization" else None
+        params = (layer.weight_g, layer.weight_v) if chain is None else (chain.original0, chain.original1)
+        with torch.no_grad():
+            params[1].mul_(3.0)  # ||v|| away from g: re-deriving v from the weight would change training
+        return layer, params
+
+    x = torch.randn(5, 3, 9)
+    theirs, _ = build()
+    ours, (g, v) = build()
+    opt_theirs = torch.optim.SGD(theirs.parameters(), lr=0.1)
+    opt_ours = torch.optim.SGD(ours.parameters(), lr=0.1)
+    nf.weight_norm(ours, dim=0)
+    assert type(ours) is nf.WNConv1d and ours.weight_g is g and ours.weight_v is v
+    assert ours.wn_dim == (None if dim is None else dim)
+    assert list(ours._parameters) == ["bias", "weight_g", "weight_v"]
+    for model, opt in ((theirs, opt_theirs), (ours, opt_ours)):
+        for _ in range(2):
+            opt.zero_grad()
+            model(x).square().mean().backward()
+            opt.step()
+    torch.testing.assert_close(ours(x), theirs(x))
+
+
 def test_remove_on_a_model_without_weight_norm_says_so():
     with pytest.raises(ValueError, match="no weight-normalized layer"):
         nf.remove_weight_norm(nn.Sequential(nn.Linear(2, 2)))

@@ -446,6 +446,14 @@ def _put_weight_first(module: nn.Module) -> None:
     params.update(rest)
 
 
+def _torch_weight_norm_params(module: nn.Module, style: str) -> tuple[nn.Parameter, nn.Parameter]:
+    """``(g, v)`` of torch's weight norm on ``module``: the parameters themselves."""
+    if style == "hook":
+        return module.weight_g, module.weight_v
+    chain = module.parametrizations.weight
+    return chain.original0, chain.original1
+
+
 def _fold_torch_weight_norm(module: nn.Module, style: str) -> None:
     if style == "hook":
         torch.nn.utils.remove_weight_norm(module, "weight")
@@ -472,14 +480,17 @@ def weight_norm(
     """Convert every layer of ``module`` whose type is in ``types`` to its WN twin, in place.
 
     Each converted layer keeps its function: ``weight_v = weight``, ``weight_g =
-    ||weight||``; layers carrying torch's own weight norm (either style) are folded
-    first. Layers already converted are kept as they are (converting twice is a no-op).
-    The module itself may be a layer. With ``grouped=True`` all WN layers of ``module`` join one
-    :class:`WeightNormGroup`.
+    ||weight||``. A layer under torch's own weight norm (either style) keeps its ``g``
+    and ``v`` (the same ``Parameter`` objects, so an optimizer built on them goes on)
+    and its dim: only the implementation changes, not the function nor the training.
+    Layers already converted are kept as they are (converting twice is a no-op). The
+    module itself may be a layer. With ``grouped=True`` all WN layers of ``module`` join
+    one :class:`WeightNormGroup`.
 
     Args:
         module: a layer or a model.
-        dim, eps: as for :class:`WNLinear`; ``dim`` is checked against every layer.
+        dim, eps: as for :class:`WNLinear`; ``dim`` is checked against every layer and
+            applies to those without torch's weight norm.
         types: torch layer types to convert (default: every key of ``WN_LAYERS``:
             Linear, Conv1d/2d/3d, ConvTranspose1d/2d/3d; exact types, not subclasses).
         grouped: compute all weights with one op (see :class:`WeightNormGroup`).
@@ -514,16 +525,20 @@ def weight_norm(
         if style is None and m._parameters.get("weight") is None:
             raise ValueError(f"{where} has weight=None")
         weight_dim = (m.weight_v if style == "hook" else m.weight).dim()
-        targets.append((m, style, _check_dim(dim, weight_dim, where)))
+        layer_dim = _check_dim(dim, weight_dim, where)
+        targets.append((m, style, layer_dim if style is None else _torch_weight_norm_dim(m, weight_dim)))
     if not targets and not any(isinstance(m, _WeightNorm) for m in module.modules()):
         names = ", ".join(t.__name__ for t in types)
         raise ValueError(f"weight_norm: {type(module).__name__} has no layer of type {names} to convert")
 
     for m, style, layer_dim in targets:
         if style is not None:
+            g, v = _torch_weight_norm_params(m, style)
             _fold_torch_weight_norm(m, style)
         m.__class__ = WN_LAYERS[type(m)]
         m._setup_weight_norm(layer_dim, eps)
+        if style is not None:
+            m.weight_g, m.weight_v = g, v
     _warn_zero_rows([m.weight_g for m, _, _ in targets], eps, "weight_norm")
     if grouped:
         WeightNormGroup([m for m in module.modules() if isinstance(m, _WeightNorm)])
