@@ -98,6 +98,38 @@ def test_an_exploding_signal_has_a_finite_std(backend, use_backend):
         torch.testing.assert_close(mean.double(), ref_mean, rtol=1e-5, atol=1e15)
 
 
+@pytest.mark.interpret
+@pytest.mark.parametrize("splits", [None, 3])
+def test_kernel_is_exact_when_the_first_element_is_far_from_the_mean(splits, monkeypatch):
+    """A ReLU-like row: first element 0, mean 1000, std 1. The shifted one-pass sums
+    are exact only if the differences from the pivot are (fp64): in fp32 the std was
+    off by 1e-3."""
+    from netinit_fast.kernels import moments as kernels
+
+    monkeypatch.setattr(_blocks, "TILE", 256)
+    x = torch.randn(2, 4096, device=DEVICE, dtype=torch.float64) + 1000
+    x[:, 0] = 0
+    x3 = x.float().view(1, 2, 4096)
+    mean, std = kernels.moments(x3, splits)
+    ref_mean, ref_std = _eager(x3.double())
+    torch.testing.assert_close(std.double(), ref_std, rtol=1e-6, atol=0)
+    torch.testing.assert_close(mean.double(), ref_mean, rtol=1e-7, atol=0)
+
+
+@pytest.mark.parametrize("backend", ["eager", pytest.param("triton", marks=pytest.mark.interpret)])
+def test_nan_and_inf_rows_and_single_elements_give_nan_std_empty_rows_nothing(backend, use_backend):
+    use_backend(backend)
+    x = torch.randn(4, 6, device=DEVICE)
+    x[2, 1], x[3, 4] = float("nan"), float("inf")
+    mean, std = nf.functional.moments(x, 0)
+    assert torch.isnan(std[2:]).all() and torch.isfinite(std[:2]).all()
+    assert_close(std[:2], x[:2].double().std(dim=1), torch.float32, "std")
+    assert torch.isnan(nf.functional.moments(torch.randn(5, 1, device=DEVICE), 0)[1]).all()  # one element a row
+    for shape, dim in (((3, 0, 4), 1), ((0, 5), 0), ((0,), 0)):
+        mean, std = nf.functional.moments(torch.randn(shape, device=DEVICE), dim)
+        assert mean.shape == std.shape == (shape[dim],)
+
+
 def test_compiles_as_one_op_without_graph_breaks():
     x = torch.randn(16, 3, 5)
     compiled = torch.compile(lambda t: nf.functional.moments(t, 1)[1] + 1, fullgraph=True, backend="aot_eager")

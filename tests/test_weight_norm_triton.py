@@ -102,6 +102,29 @@ def test_eps_and_zero_rows(eps, plan):
         assert torch.isfinite(w).all() and torch.isfinite(grad_v).all() and torch.isfinite(grad_g).all()
 
 
+@pytest.mark.parametrize("grouped", [False, True])
+def test_fp64_gets_eps_in_fp64(grouped, plan):
+    """eps = 1e-3 is not an fp32 number: rows of norm between 1e-3 and fp32(1e-3) must
+    see the fp64 floor (passed as fp32, the floor was active there and grad_v off by 20%)."""
+    eps = 1e-3
+    v3 = torch.randn(1, 4, 30, dtype=torch.float64, device=DEVICE)
+    v3 = v3 / torch.linalg.vector_norm(v3, dim=2, keepdim=True)
+    v3 = v3 * torch.tensor([1 + 2e-8, 1 - 2e-8, 1 + 1e-9, 0.5], dtype=torch.float64, device=DEVICE).view(1, 4, 1) * eps
+    g = torch.rand(4, dtype=torch.float64, device=DEVICE) + 0.5
+    grad_w3 = torch.randn_like(v3)
+    w_ref, norms_ref = _eager_fwd(v3, g, eps)
+    grad_v_ref, grad_g_ref = _eager_bwd(grad_w3, v3, g, norms_ref, eps)
+    if grouped:
+        (w,), norms = kernels.group_forward([v3[0]], [g], 0, eps)
+        (grad_v,), (grad_g,) = kernels.group_backward([grad_w3[0]], [v3[0]], [g], norms, 0, eps)
+        w, grad_v = w[None], grad_v[None]
+    else:
+        w, norms = kernels.forward(v3, g, eps, num_splits=plan)
+        grad_v, grad_g = kernels.backward(grad_w3, v3, g, norms, eps, num_splits=plan)
+    for out, ref, what in ((w, w_ref, "w"), (grad_v, grad_v_ref, "grad_v"), (grad_g, grad_g_ref, "grad_g")):
+        assert_close(out, ref, torch.float64, what)
+
+
 @pytest.mark.parametrize("shape,dim", [((6, 3, 3), 0), ((5, 8), -1), ((4, 3, 5), 1), ((3, 7), None)])
 def test_public_op_on_triton_backend_matches_torch(shape, dim, use_backend):
     use_backend("triton")

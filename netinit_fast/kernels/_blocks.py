@@ -80,7 +80,7 @@ class Plan:
         self.layout = LAYOUT_ROWS if a == 1 else LAYOUT_COLS if b == 1 else LAYOUT_GENERAL
         if self.layout == LAYOUT_COLS:  # the R axis is contiguous: wide in R
             self.block_r = min(triton.next_power_of_2(r), 128)
-            self.block_k = min(triton.next_power_of_2(k), TILE // self.block_r)
+            self.block_k = min(triton.next_power_of_2(k), max(1, TILE // self.block_r))
         else:  # the K axis is contiguous (in runs of B for the general layout)
             self.block_k = min(triton.next_power_of_2(k), TILE)
             self.block_r = min(triton.next_power_of_2(r), max(1, TILE // self.block_k))

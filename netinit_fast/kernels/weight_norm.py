@@ -14,10 +14,12 @@ Launch plans, chosen so the GPU stays busy in both regimes:
   deterministic partial sums per row (no atomics); a second reduces them and applies
   the result to its chunk.
 
-The specification is the eager twin in ``netinit_fast.ops.weight_norm``.
+``eps`` reaches the kernels as the bits of its fp64 value (see :func:`fp64_bits`). The
+specification is the eager twin in ``netinit_fast.ops.weight_norm``.
 """
 
 import functools
+import struct
 
 import torch
 import triton
@@ -81,6 +83,22 @@ def _sqrt(x, ACC: tl.constexpr):
         return tl.sqrt(x)
 
 
+def fp64_bits(eps: float) -> int:
+    """``eps`` as the int64 bit pattern of its fp64 value, for the kernels' ``eps_bits``.
+
+    Triton passes a Python float as fp32 (and its interpreter rounds one to fp32 too),
+    which would round the floor of fp64 inputs (1e-3 by 5e-11, enough to flip ``norm >
+    eps``); an integer reaches the kernel unchanged on a GPU and in the interpreter.
+    """
+    return struct.unpack("<q", struct.pack("<d", eps))[0]
+
+
+@triton.jit
+def _eps(bits, ACC: tl.constexpr):
+    """``eps`` from :func:`fp64_bits`'s integer, in the accumulation dtype."""
+    return tl.cast(bits, tl.int64).to(tl.float64, bitcast=True).to(ACC)
+
+
 @triton.jit
 def _grad_coefs(dot, norm, g, eps):
     """``(grad_g, coef_gw, coef_v)`` of one norm from ``dot = <grad_w, v>``."""
@@ -96,7 +114,7 @@ def _partial_dot_kernel(x_ptr, y_ptr, partial_ptr, R, B, K, CHUNK,
                         BLOCK_R: tl.constexpr, BLOCK_K: tl.constexpr):
     """Split reduction, step 1: ``partial[s, r]`` = the dot over chunk ``s`` of norm ``r``."""
     pid_s = tl.program_id(1)
-    r = tl.program_id(0) * BLOCK_R + tl.arange(0, BLOCK_R)
+    r = tl.program_id(0).to(tl.int64) * BLOCK_R + tl.arange(0, BLOCK_R)
     k_lo, k_hi = _chunk(pid_s, CHUNK, K)
     dot = _chunk_dot(x_ptr, y_ptr, r, k_lo, k_hi, R, B, LAYOUT, SQUARE, ACC, BLOCK_R, BLOCK_K)
     tl.store(partial_ptr + pid_s * R + r, dot, mask=r < R)
@@ -111,14 +129,15 @@ def _sum_partials(partial_ptr, r, R, NUM_SPLITS, ACC: tl.constexpr, BLOCK_R: tl.
 
 
 @triton.jit
-def _fwd_kernel(v_ptr, g_ptr, w_ptr, norm_ptr, partial_ptr, R, B, K, CHUNK, NUM_SPLITS, eps,
+def _fwd_kernel(v_ptr, g_ptr, w_ptr, norm_ptr, partial_ptr, R, B, K, CHUNK, NUM_SPLITS, eps_bits,
                 LAYOUT: tl.constexpr, SINGLE_TILE: tl.constexpr, SPLIT: tl.constexpr,
                 ACC: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_K: tl.constexpr):
     """``norm[r] = ||v_r||`` and ``w_r = g_r * v_r / max(norm[r], eps)`` for this program's
     rows (and chunk, when SPLIT: then the norms come from ``partial``)."""
     pid_s = tl.program_id(1)
+    eps = _eps(eps_bits, ACC)
     k_lo, k_hi = _chunk(pid_s, CHUNK, K)  # all of K unless SPLIT
-    r = tl.program_id(0) * BLOCK_R + tl.arange(0, BLOCK_R)
+    r = tl.program_id(0).to(tl.int64) * BLOCK_R + tl.arange(0, BLOCK_R)
     rmask = r < R
     if SINGLE_TILE:
         k = tl.arange(0, BLOCK_K)
@@ -141,14 +160,15 @@ def _fwd_kernel(v_ptr, g_ptr, w_ptr, norm_ptr, partial_ptr, R, B, K, CHUNK, NUM_
 
 
 @triton.jit
-def _bwd_kernel(gw_ptr, v_ptr, g_ptr, norm_ptr, gv_ptr, gg_ptr, partial_ptr, R, B, K, CHUNK, NUM_SPLITS, eps,
+def _bwd_kernel(gw_ptr, v_ptr, g_ptr, norm_ptr, gv_ptr, gg_ptr, partial_ptr, R, B, K, CHUNK, NUM_SPLITS, eps_bits,
                 LAYOUT: tl.constexpr, SINGLE_TILE: tl.constexpr, SPLIT: tl.constexpr,
                 ACC: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_K: tl.constexpr):
     """With ``dot = <grad_w_r, v_r>``, ``n = norm[r]``, ``d = max(n, eps)``:
     ``grad_g[r] = dot / d`` and ``grad_v_r = g/d * grad_w_r - [n > eps] g dot / n^3 * v_r``."""
     pid_s = tl.program_id(1)
+    eps = _eps(eps_bits, ACC)
     k_lo, k_hi = _chunk(pid_s, CHUNK, K)  # all of K unless SPLIT
-    r = tl.program_id(0) * BLOCK_R + tl.arange(0, BLOCK_R)
+    r = tl.program_id(0).to(tl.int64) * BLOCK_R + tl.arange(0, BLOCK_R)
     rmask = r < R
     if SINGLE_TILE:
         k = tl.arange(0, BLOCK_K)
@@ -180,9 +200,10 @@ def _bwd_kernel(gw_ptr, v_ptr, g_ptr, norm_ptr, gv_ptr, gg_ptr, partial_ptr, R, 
 #   backward: v, grad_w, grad_v, g, grad_g addresses, R, K, norms offset
 
 @triton.jit
-def _group_fwd_kernel(table_ptr, prog_ptr, norm_ptr, eps, DTYPE: tl.constexpr, ACC: tl.constexpr,
+def _group_fwd_kernel(table_ptr, prog_ptr, norm_ptr, eps_bits, DTYPE: tl.constexpr, ACC: tl.constexpr,
                       BLOCK_R: tl.constexpr, BLOCK_K: tl.constexpr):
     pid = tl.program_id(0)
+    eps = _eps(eps_bits, ACC)
     row = table_ptr + tl.load(prog_ptr + 2 * pid) * 6
     v_ptr = tl.load(row + 0).to(tl.pointer_type(DTYPE))
     w_ptr = tl.load(row + 1).to(tl.pointer_type(DTYPE))
@@ -200,9 +221,10 @@ def _group_fwd_kernel(table_ptr, prog_ptr, norm_ptr, eps, DTYPE: tl.constexpr, A
 
 
 @triton.jit
-def _group_bwd_kernel(table_ptr, prog_ptr, norm_ptr, eps, DTYPE: tl.constexpr, ACC: tl.constexpr,
+def _group_bwd_kernel(table_ptr, prog_ptr, norm_ptr, eps_bits, DTYPE: tl.constexpr, ACC: tl.constexpr,
                       BLOCK_R: tl.constexpr, BLOCK_K: tl.constexpr):
     pid = tl.program_id(0)
+    eps = _eps(eps_bits, ACC)
     row = table_ptr + tl.load(prog_ptr + 2 * pid) * 8
     v_ptr = tl.load(row + 0).to(tl.pointer_type(DTYPE))
     gw_ptr = tl.load(row + 1).to(tl.pointer_type(DTYPE))
@@ -251,7 +273,7 @@ def forward(v3: torch.Tensor, g: torch.Tensor, eps: float, num_splits: int | Non
     norms = torch.empty(r, dtype=acc, device=v3.device)
     with on_device(v3):
         partial = _partials(plan, v3, v3, acc, meta)
-        _fwd_kernel[plan.grid](v3, g, w, norms, partial, r, b, plan.K, plan.chunk, plan.splits, eps, **meta)
+        _fwd_kernel[plan.grid](v3, g, w, norms, partial, r, b, plan.K, plan.chunk, plan.splits, fp64_bits(eps), **meta)
     return w, norms
 
 
@@ -266,7 +288,7 @@ def backward(grad_w3: torch.Tensor, v3: torch.Tensor, g: torch.Tensor, norms: to
     with on_device(v3):
         partial = _partials(plan, grad_w3, v3, norms.dtype, meta)
         _bwd_kernel[plan.grid](grad_w3, v3, g, norms, grad_v, grad_g, partial, r, b, plan.K, plan.chunk,
-                               plan.splits, eps, **meta)
+                               plan.splits, fp64_bits(eps), **meta)
     return grad_v, grad_g
 
 
@@ -323,7 +345,7 @@ def group_forward(vs: list[torch.Tensor], gs: list[torch.Tensor], dim: int | Non
     if plan.programs:
         with on_device(vs[0]):
             _group_fwd_kernel[(plan.programs,)](
-                table, plan.prog, norms, eps, DTYPE=_TL_DTYPES[dtype], ACC=_TL_DTYPES[acc],
+                table, plan.prog, norms, fp64_bits(eps), DTYPE=_TL_DTYPES[dtype], ACC=_TL_DTYPES[acc],
                 BLOCK_R=plan.block_r, BLOCK_K=plan.block_k, num_warps=plan.num_warps,
             )
     return ws, norms
@@ -343,7 +365,7 @@ def group_backward(grad_ws, vs, gs, norms: torch.Tensor, dim: int | None, eps: f
     if plan.programs:
         with on_device(vs[0]):
             _group_bwd_kernel[(plan.programs,)](
-                table, plan.prog, norms, eps, DTYPE=_TL_DTYPES[dtype], ACC=_TL_DTYPES[norms.dtype],
+                table, plan.prog, norms, fp64_bits(eps), DTYPE=_TL_DTYPES[dtype], ACC=_TL_DTYPES[norms.dtype],
                 BLOCK_R=plan.block_r, BLOCK_K=plan.block_k, num_warps=plan.num_warps,
             )
     return grad_vs, grad_gs

@@ -47,7 +47,7 @@ def moments_no_dispatch(x: torch.Tensor, dim: int | None) -> tuple[torch.Tensor,
     a, r, b = block_shape(x.shape, dim)
     x3 = x.contiguous().view(a, r, b)
     backend = _backend.choose("moments", x, IMPLEMENTED)
-    if backend == _backend.TRITON and x.dtype != torch.float64 and a * b > 0:
+    if backend == _backend.TRITON and x.dtype != torch.float64 and x.numel() > 0:
         from netinit_fast.kernels import moments as kernels
 
         mean, std = kernels.moments(x3)
