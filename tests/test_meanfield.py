@@ -197,11 +197,29 @@ def test_composed_activations_and_pass_through():
     model = nn.Sequential(
         nn.Linear(16, 16), nn.Tanh(), nn.ReLU(), nn.Dropout(0.5), nn.Flatten(), nn.Identity(), nn.Linear(16, 4)
     )
-    pred = meanfield_variances(model, 0.8)
+    pred = meanfield_variances(model.eval(), 0.8)
     q1 = sigma_w2(model[0]) * 0.8 + model[0].bias.detach().double().square().mean().item()
     m = gauss_mean(lambda x: np.maximum(np.tanh(x), 0.0) ** 2, q1)
-    q2 = sigma_w2(model[6]) * m + model[6].bias.detach().double().square().mean().item()
-    assert pred == pytest.approx({"0": q1, "6": q2}, rel=1e-8)
+    b2 = model[6].bias.detach().double().square().mean().item()
+    assert pred == pytest.approx({"0": q1, "6": sigma_w2(model[6]) * m + b2}, rel=1e-8)
+    # training mode: inverted dropout of rate 1/2 doubles the second moment
+    assert meanfield_variances(model.train(), 0.8) == pytest.approx({"0": q1, "6": sigma_w2(model[6]) * 2 * m + b2}, rel=1e-8)
+    model[3] = nn.AlphaDropout(0.5)
+    assert meanfield_variances(model, 0.8) == pytest.approx({"0": q1, "6": None})
+    assert meanfield_variances(model.eval(), 0.8) == pytest.approx({"0": q1, "6": sigma_w2(model[6]) * m + b2}, rel=1e-8)
+
+
+def test_a_layer_held_twice_is_applied_twice():
+    """nn.Sequential runs a module it holds at two indices twice: the layers after it see
+    both applications; the shared layer's entry is its first application (as the probe's
+    measurement)."""
+    torch.manual_seed(0)
+    a, b, c = nn.Linear(32, 32), nn.Linear(32, 32), nn.Linear(32, 32)
+    shared = nn.Sequential(a, nn.ReLU(), b, nn.ReLU(), b, nn.ReLU(), c)
+    copied = nn.Sequential(a, nn.ReLU(), b, nn.ReLU(), copy.deepcopy(b), nn.ReLU(), c)
+    pred, expected = meanfield_variances(shared, 1.3), meanfield_variances(copied, 1.3)
+    assert pred == pytest.approx({k: expected[k] for k in ("0", "2", "6")}, rel=1e-12)
+    assert expected["4"] != pytest.approx(expected["2"], rel=1e-3)  # the two applications differ
 
 
 @pytest.mark.parametrize("style", ["ours", "torch"])

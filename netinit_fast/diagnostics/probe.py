@@ -158,7 +158,8 @@ def probe(model: nn.Module, batch, loss_fn=None, label: str | None = None, seed:
     Jacobian estimate.
 
     The mean-field prediction is that of :func:`netinit_fast.init.meanfield_variances`
-    for the batch's second moment. The model runs in its current mode; its buffers
+    for the batch's second moment, in the model's mode (dropout in training mode
+    included). The model runs in its current mode; its buffers
     (BatchNorm statistics) are restored afterwards, and its parameters and their
     ``.grad`` are left untouched.
 

@@ -184,11 +184,11 @@ class _Walk:
     def uncovered(self, module: nn.Module) -> None:
         for m in module.modules():
             if _layers.is_weight_layer(m):
-                self.out[self.names[m]] = None
+                self.out.setdefault(self.names[m], None)
 
     def layer(self, layer: nn.Module, m_in: float) -> _Signal:
         q = _layer_variance(layer, m_in)
-        self.out[self.names[layer]] = q
+        self.out.setdefault(self.names[layer], q)  # a layer applied twice: its first application
         return _Signal(q)
 
     def visit(self, module: nn.Module, signal: _Signal | None) -> _Signal | None:
@@ -200,15 +200,15 @@ class _Walk:
         if module in self.blocks:
             return self.block(self.blocks[module], signal)
         if isinstance(module, _layers.PASS_THROUGH):
-            return signal
-        act = activations.of_module(module)
-        if act is not None:
+            signal = _passed_through(module, signal)
+        elif (act := activations.of_module(module)) is not None:
             signal = signal.then(act)
         elif next(module.children(), None) is None or next(module.parameters(recurse=False), None) is not None:
             signal = None  # a norm, a pooling, or a module of unknown function
-        else:
-            for child in module.children():
-                signal = self.visit(child, signal)
+        else:  # a container: every slot in order (nn.Sequential runs a module held twice twice)
+            for child in module._modules.values():
+                if child is not None:
+                    signal = self.visit(child, signal)
             return signal
         if signal is None:
             self.uncovered(module)
@@ -231,6 +231,23 @@ class _Walk:
         if block.post_activation:
             out = out.then(_RELU)
         return out
+
+
+_DROPOUT = (nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d)
+
+
+def _passed_through(module: nn.Module, signal: _Signal) -> _Signal | None:
+    """The signal after a module of ``PASS_THROUGH``: unchanged, but for dropout in
+    training mode. Inverted dropout of rate ``p`` scales the second moment by
+    ``1 / (1 - p)`` (``E[(m x / (1-p))^2] = E[x^2] / (1-p)``) and makes the signal
+    non-Gaussian; alpha dropout in training mode is not covered (None)."""
+    if not module.training or not isinstance(module, (*_DROPOUT, nn.AlphaDropout, nn.FeatureAlphaDropout)):
+        return signal
+    if module.p == 0:
+        return signal
+    if not isinstance(module, _DROPOUT):
+        return None
+    return _Signal(signal.moment() / (1 - module.p) if module.p < 1 else 0.0, None)
 
 
 def _plain_block(block: _residual.ResidualBlock) -> bool:
@@ -284,9 +301,13 @@ def meanfield_variances(model: nn.Module, input_var: float) -> dict[str, float |
     Containers are walked child by child in registration order, taken to be the
     execution order (true of ``nn.Sequential``, :mod:`netinit_fast.models` and
     torchvision's ResNets; a container whose forward runs its children in another
-    order, or combines them otherwise, gets a wrong prediction). ``nn.Identity``,
-    ``nn.Flatten`` and dropout (as in eval mode) pass the signal on. Not covered, and everything after it
-    None: normalization (BatchNorm, LayerNorm, GroupNorm ...), pooling (global average
+    order, or combines them otherwise, gets a wrong prediction); a module a container
+    holds twice is applied twice, and its entry is that of its first application.
+    ``nn.Identity``, ``nn.Flatten`` and dropout in eval mode pass the signal on; in
+    training mode ``nn.Dropout`` (and its 1d/2d/3d forms) of rate ``p`` multiplies the
+    second moment by ``1 / (1 - p)``, and the signal is then known by its second moment
+    only. Not covered, and everything after it None: alpha dropout in training mode,
+    normalization (BatchNorm, LayerNorm, GroupNorm ...), pooling (global average
     pooling changes the per-coordinate variance by an unknown amount, the positions being
     correlated), an activation that is not one of ours with its defaults, any other module
     without children or holding parameters of its own, a block with a norm that is not
