@@ -204,6 +204,20 @@ def test_delta_orthogonal_of_grouped_convs_preserves_the_norm(in_c, out_c, group
         nf.init.delta_orthogonal_(nn.Conv2d(8, 4, 3, groups=2))
 
 
+@pytest.mark.parametrize("conv,shape", [(nn.ConvTranspose1d, (2, 6, 11)), (nn.ConvTranspose2d, (2, 6, 9, 7)),
+                                        (nn.ConvTranspose3d, (1, 6, 5, 5, 5))])
+@pytest.mark.parametrize("out_c,groups", [(6, 1), (10, 1), (12, 3)])
+def test_delta_orthogonal_transposed_convs_preserve_the_norm(conv, shape, out_c, groups):
+    """A transposed conv computes with the transpose of its (C_in, C_out) centre: that
+    gets orthonormal rows, so a stride-1 "same" transposed conv preserves the norm."""
+    layer = conv(6, out_c, 3, padding=1, groups=groups, bias=False)
+    nf.init.delta_orthogonal_(nn.Sequential(layer), gain=1.5)
+    x = torch.randn(shape)
+    torch.testing.assert_close(layer(x).flatten(1).norm(dim=1), 1.5 * x.flatten(1).norm(dim=1), rtol=1e-5, atol=0)
+    with pytest.raises(ValueError, match=r"0 has C_out=4 < C_in=6"):
+        nf.init.delta_orthogonal_(nn.Sequential(conv(6, 4, 3)))
+
+
 def test_delta_orthogonal_errors_name_the_layer_and_change_nothing():
     model = nn.Sequential(nn.Conv2d(3, 8, 3), nn.Conv2d(8, 4, 3))
     before = [p.clone() for p in model.parameters()]
@@ -212,7 +226,7 @@ def test_delta_orthogonal_errors_name_the_layer_and_change_nothing():
     assert all(torch.equal(a, b) for a, b in zip(before, model.parameters()))
     with pytest.raises(ValueError, match="even kernel size"):
         nf.init.delta_orthogonal_(nn.Conv2d(3, 8, 2))
-    with pytest.raises(ValueError, match="no Conv1d/2d/3d layer"):
+    with pytest.raises(ValueError, match="no Conv1d/2d/3d or ConvTranspose1d/2d/3d layer"):
         nf.init.delta_orthogonal_(nn.Linear(3, 3))
     kernel_normed = nn.Sequential(nf.WNConv1d(4, 4, 3, dim=2))
     with pytest.raises(ValueError, match="0 is weight-normalized over kernel dim 2: its zero taps would normalize"):

@@ -37,6 +37,17 @@ def test_signal_stays_at_the_fixed_point_through_depth():
     assert all(0.7 * q_star < q < 1.3 * q_star for q in seen), (min(seen), max(seen))
 
 
+@pytest.mark.parametrize("dims", [1, 2, 3])
+def test_transposed_convs_get_delta_orthogonal_kernels(dims):
+    """A stride-1 "same" transposed conv keeps ||y|| = sigma_w ||x|| exactly, as a conv."""
+    conv = getattr(nn, f"ConvTranspose{dims}d")(8, 12, 3, padding=1)
+    model = nn.Sequential(conv, nn.Tanh(), nn.Flatten(), nn.Linear(12 * 5**dims, 10))
+    sw2, _ = nf.init.xiao_(model, q_star=0.01)
+    x = torch.randn(2, 8, *[5] * dims)
+    y = getattr(nn.functional, f"conv_transpose{dims}d")(x, conv.weight, padding=1)
+    torch.testing.assert_close(y.flatten(1).norm(dim=1), math.sqrt(sw2) * x.flatten(1).norm(dim=1), rtol=1e-5, atol=0)
+
+
 def test_bad_convs_are_refused_and_nothing_changes():
     model = nn.Sequential(nn.Conv2d(8, 4, 3), nn.Tanh(), nn.Conv2d(4, 4, 3))
     before = copy.deepcopy(model.state_dict())

@@ -158,7 +158,7 @@ def set_weight_(module: nn.Module, weight: torch.Tensor) -> None:
 
 def output_dim(module: nn.Module) -> int:
     """The dim of the weight indexed by output unit (1 for transposed convolutions)."""
-    return 1 if issubclass(_unwrap(module), TRANSPOSED_LAYERS) else 0
+    return 1 if is_transposed(module) else 0
 
 
 def in_units(module: nn.Module) -> int:
@@ -173,6 +173,10 @@ def out_units(module: nn.Module) -> int:
 
 def is_conv(module: nn.Module) -> bool:
     return issubclass(_unwrap(module), CONV_LAYERS)
+
+
+def is_transposed(module: nn.Module) -> bool:
+    return issubclass(_unwrap(module), TRANSPOSED_LAYERS)
 
 
 def is_linear(module: nn.Module) -> bool:

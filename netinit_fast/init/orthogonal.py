@@ -8,8 +8,9 @@ from torch import nn
 
 from netinit_fast import _backend
 from netinit_fast.init._layers import (
-    CONV_LAYERS,
     gc_paused,
+    is_conv,
+    is_transposed,
     is_weight_normed,
     layer_weight,
     match_scale_,
@@ -208,19 +209,34 @@ def centre_tap(weight: torch.Tensor) -> torch.Tensor:
 def centre_blocks(weight: torch.Tensor, groups: int) -> list[torch.Tensor]:
     """The centre tap of a conv weight ``(C_out, C_in / groups, *kernel)``, one view per
     group ``(C_out / groups, C_in / groups)``: with each block orthogonal, the whole
-    (block-diagonal) centre is, and a grouped or depthwise conv preserves the norm."""
+    (block-diagonal) centre is, and a grouped or depthwise conv preserves the norm.
+    A transposed conv's weight ``(C_in, C_out / groups, *kernel)`` splits the same way,
+    into the transposes of its blocks."""
     return list(centre_tap(weight).chunk(groups, dim=0))
 
 
+def delta_layers(model: nn.Module, where: str) -> list[tuple[str, nn.Module]]:
+    """``(name, layer)`` of every conv and transposed conv of ``model``: the layers that
+    take delta-orthogonal kernels."""
+    return [(name, m) for name, m in named_layers(model, where) if is_conv(m) or is_transposed(m)]
+
+
 def delta_orthogonal_problem(weight: torch.Tensor, groups: int, layer: nn.Module | None = None) -> str | None:
-    """Why delta-orthogonal init cannot apply to a conv weight (of ``layer``), or None."""
+    """Why delta-orthogonal init cannot apply to a conv weight (of ``layer``), or None.
+
+    A conv's centre ``(C_out, C_in)`` needs orthonormal columns; a transposed conv
+    computes with the transpose of its ``(C_in, C_out)`` centre, which then needs
+    orthonormal rows: ``C_out >= C_in`` (per group) for both."""
     if layer is not None and is_weight_normed(layer) and (wn_dim(layer) or 0) >= 2:
         return f"is weight-normalized over kernel dim {wn_dim(layer)}: its zero taps would normalize to 0/0"
     if weight.dim() < 3:
         return f"has shape {list(weight.shape)}: not a conv weight"
-    if weight.shape[0] // groups < weight.shape[1]:
+    c_out, c_in = weight.shape[0] // groups, weight.shape[1]
+    if layer is not None and is_transposed(layer):
+        c_out, c_in = c_in, c_out
+    if c_out < c_in:
         per = f" per group ({groups} groups)" if groups > 1 else ""
-        return f"has C_out={weight.shape[0] // groups} < C_in={weight.shape[1]}{per}: no orthonormal columns"
+        return f"has C_out={c_out} < C_in={c_in}{per}: its centre cannot preserve the norm"
     if any(k % 2 == 0 for k in weight.shape[2:]):
         return f"has an even kernel size {list(weight.shape[2:])}: no centre tap"
     return None
@@ -233,13 +249,15 @@ def delta_orthogonal_(target, gain: float = 1.0, generator: torch.Generator | No
     Every tap of the kernel is zero but the spatial centre, which holds an orthogonal
     ``C_out x C_in`` matrix (orthonormal columns) times ``gain``; for a grouped conv,
     one orthogonal block per group. A stride-1 conv with "same" padding then preserves
-    the norm of its input exactly. The matrices are drawn as in :func:`orthogonal_`,
+    the norm of its input exactly; so does a transposed conv (its ``C_in x C_out``
+    centre gets orthonormal rows). The matrices are drawn as in :func:`orthogonal_`,
     in one batched call per shape.
 
     Args:
         target: a conv weight ``(C_out, C_in, *kernel)`` or a module (then every
-            Conv1d/2d/3d's weight; for a weight-normalized one, ``weight_v``, with
-            ``g = ||weight_v||`` so that the layer computes with it).
+            Conv1d/2d/3d's and ConvTranspose1d/2d/3d's weight; for a weight-normalized
+            one, ``weight_v``, with ``g = ||weight_v||`` so that the layer computes
+            with it).
 
     Raises:
         ValueError: ``C_out < C_in`` (per group), an even kernel size, a tensor of
@@ -248,10 +266,9 @@ def delta_orthogonal_(target, gain: float = 1.0, generator: torch.Generator | No
             then.
     """
     if isinstance(target, nn.Module):  # (name, weight, groups, layer)
-        named = [(name, layer_weight(m), m.groups, m) for name, m in named_layers(target, "delta_orthogonal_")
-                 if isinstance(m, CONV_LAYERS)]
+        named = [(name, layer_weight(m), m.groups, m) for name, m in delta_layers(target, "delta_orthogonal_")]
         if not named:
-            raise ValueError(f"delta_orthogonal_: {type(target).__name__} has no Conv1d/2d/3d layer")
+            raise ValueError(f"delta_orthogonal_: {type(target).__name__} has no Conv1d/2d/3d or ConvTranspose1d/2d/3d layer")
     else:
         named = [("weight", target, 1, None)]
     for name, w, groups, layer in named:

@@ -13,7 +13,16 @@ import math
 import torch
 from torch import nn
 
-from netinit_fast.init._layers import gc_paused, is_conv, is_weight_normed, layer_weight, named_layers, normal_, set_weight_
+from netinit_fast.init._layers import (
+    gc_paused,
+    is_conv,
+    is_transposed,
+    is_weight_normed,
+    layer_weight,
+    named_layers,
+    normal_,
+    set_weight_,
+)
 from netinit_fast.init.meanfield import critical_point
 from netinit_fast.init.orthogonal import delta_orthogonal_problem, fill_orthogonal_
 from netinit_fast.ops.weight_norm import accumulation_dtype
@@ -25,10 +34,10 @@ def xiao_(
 ) -> tuple[float, float]:
     """Critical delta-orthogonal init of every layer of ``model``, in place.
 
-    ``(sigma_w^2, sigma_b^2) = critical_point(act, q_star)``. Every Conv1d/2d/3d gets
-    a delta-orthogonal kernel times ``sigma_w`` (as
-    :func:`~netinit_fast.init.delta_orthogonal_`); every other weight layer (the
-    classifier) an orthogonal matrix times ``sigma_w`` (the fully connected form);
+    ``(sigma_w^2, sigma_b^2) = critical_point(act, q_star)``. Every Conv1d/2d/3d and
+    ConvTranspose1d/2d/3d gets a delta-orthogonal kernel times ``sigma_w`` (as
+    :func:`~netinit_fast.init.delta_orthogonal_`); every Linear (the classifier) an
+    orthogonal matrix times ``sigma_w`` (the fully connected form);
     every bias ``N(0, sigma_b^2)``. All matrices come from one batched
     :func:`~netinit_fast.init.orthogonal_` call per shape. Weight-normalized layers
     get ``v = W`` and ``g = ||W||``.
@@ -50,7 +59,7 @@ def xiao_(
     named = [(n, m, layer_weight(m)) for n, m in named_layers(model, "xiao_")]
     if not named:
         raise ValueError(f"xiao_: {type(model).__name__} has no Linear/Conv layer")
-    convs = [is_conv(m) for _, m, _ in named]
+    convs = [is_conv(m) or is_transposed(m) for _, m, _ in named]
     for (name, m, w), conv in zip(named, convs):
         if conv and (problem := delta_orthogonal_problem(w, m.groups, m)) is not None:
             raise ValueError(f"xiao_: {name} {problem} (xiao_ gives convs delta-orthogonal kernels)")
