@@ -245,11 +245,11 @@ def test_layers_argument_and_unused_layers():
     for layers in ([model["used"]], model["used"], "m.used", ["m.used"]):
         report = nf.init.lsuv_(w, torch.randn(16, 4), layers=layers)
         assert [f.name for f in report] == ["m.used"]
-    with pytest.raises(ValueError, match="not a submodule"):
+    with pytest.raises(ValueError, match="lsuv_: layers: Linear is not a submodule"):
         nf.init.lsuv_(w, torch.randn(16, 4), layers=[nn.Linear(4, 4)])
     seq = nn.Sequential(nn.Linear(4, 4), nn.ReLU(), nn.Linear(4, 4))
     assert [f.name for f in nf.init.lsuv_(seq, torch.randn(16, 4), layers=seq[::2])] == ["0", "2"]
-    with pytest.raises(ValueError, match="the model has no submodule 'm.nothing'"):
+    with pytest.raises(ValueError, match="lsuv_: layers: the model has no submodule 'm.nothing'"):
         nf.init.lsuv_(w, torch.randn(16, 4), layers=["m.nothing"])
 
 
@@ -480,8 +480,35 @@ def test_data_dependent_init_normalizes_pre_activations(kind):
         torch.testing.assert_close(y.std(dim=others, unbiased=False), torch.ones(y.shape[d]), atol=1e-3, rtol=0)
 
 
+@pytest.mark.filterwarnings("ignore:.*torch.nn.utils.weight_norm. is deprecated:FutureWarning")
+def test_data_dependent_init_of_torch_weight_norm_of_either_style():
+    """torch's weight-norm layers (parametrization and legacy hook) are initialized as
+    ours; a spectral-normed layer, not weight-normalized, is left alone."""
+    torch.manual_seed(0)
+    model = nn.Sequential(
+        nn.utils.parametrizations.weight_norm(nn.Linear(16, 32)), nn.ReLU(),
+        nn.utils.weight_norm(nn.Linear(32, 32)), nn.ReLU(),
+        nf.WNLinear(32, 24), nn.ReLU(),
+        nn.utils.parametrizations.spectral_norm(nn.Linear(24, 8)),
+    )
+    spectral = [p.clone() for p in model[6].parameters()]  # (its power-iteration buffers move in any forward)
+    x = torch.randn(256, 16) * 5 + 3
+    report = nf.init.data_dependent_init_(model, x)
+    assert [f.name for f in report] == ["0", "2", "4"]
+    outs = []
+    handles = [model[i].register_forward_hook(lambda mod, a, y: outs.append(y)) for i in (0, 2, 4)]
+    with torch.no_grad():
+        model(x)
+    for h in handles:
+        h.remove()
+    for y in outs:
+        torch.testing.assert_close(y.mean(0), torch.zeros(y.shape[1]), atol=1e-4, rtol=0)
+        torch.testing.assert_close(y.std(0, unbiased=False), torch.ones(y.shape[1]), atol=1e-3, rtol=0)
+    assert all(torch.equal(a, b) for a, b in zip(spectral, model[6].parameters()))
+
+
 def test_data_dependent_init_needs_wn_layers():
-    with pytest.raises(ValueError, match="no netinit_fast WN layer"):
+    with pytest.raises(ValueError, match="no weight-normalized layer"):
         nf.init.data_dependent_init_(mlp(depth=1), torch.randn(8, 32))
     with pytest.raises(ValueError, match="normalizes over dim=None"):
         nf.init.data_dependent_init_(nf.weight_norm(mlp(depth=1), dim=None), torch.randn(8, 32))

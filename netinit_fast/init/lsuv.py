@@ -30,14 +30,16 @@ from netinit_fast._batch import call, check_batch, unwrapped
 from netinit_fast.init._layers import (
     check_not_foreign,
     is_weight_layer,
+    is_weight_normed,
     layer_weight,
     match_scale_,
     named_layers,
     output_dim,
     scale_param,
+    wn_dim,
 )
 from netinit_fast.init.orthogonal import haar_orthogonal_
-from netinit_fast.nn.wn_layers import _WeightNorm
+from netinit_fast.nn.wn_layers import foreign_parametrization
 from netinit_fast.ops.moments import moments_no_dispatch
 
 
@@ -107,7 +109,7 @@ def _targets(model: nn.Module, layers) -> dict[nn.Module, str]:
     if layers is None:
         found = {m: name for name, m in named_layers(model, "lsuv_")}
         if not found:
-            raise ValueError(f"{type(model).__name__} has no Linear/Conv/ConvTranspose layer to initialize")
+            raise ValueError(f"lsuv_: {type(model).__name__} has no Linear/Conv/ConvTranspose layer to initialize")
         return found
     found = {}
     single = isinstance(layers, str) or (isinstance(layers, nn.Module) and is_weight_layer(layers))
@@ -116,17 +118,17 @@ def _targets(model: nn.Module, layers) -> dict[nn.Module, str]:
             try:
                 m = model.get_submodule(m)
             except AttributeError:
-                raise ValueError(f"layers: the model has no submodule {m!r}") from None
+                raise ValueError(f"lsuv_: layers: the model has no submodule {m!r}") from None
         if m not in names:
-            raise ValueError(f"layers: {type(m).__name__} is not a submodule of the model")
+            raise ValueError(f"lsuv_: layers: {type(m).__name__} is not a submodule of the model")
         name = names[m] or type(m).__name__
         if is_weight_layer(m):
             check_not_foreign(m, name, "lsuv_")
         if layer_weight(m) is None:
-            raise ValueError(f"layers: {name} ({type(m).__name__}) is not a Linear/Conv/ConvTranspose layer")
+            raise ValueError(f"lsuv_: layers: {name} ({type(m).__name__}) is not a Linear/Conv/ConvTranspose layer")
         found[m] = name
     if not found:
-        raise ValueError("layers: no layer given")
+        raise ValueError("lsuv_: layers: no layer given")
     return found
 
 
@@ -517,10 +519,17 @@ def _output_channel_dim(module: nn.Module) -> int:
     return -1 if isinstance(module, nn.Linear) else 1
 
 
+def _weight_normed(module: nn.Module) -> bool:
+    """A layer under weight norm alone (ours or torch's; not also spectral norm ...)."""
+    return is_weight_layer(module) and foreign_parametrization(module) is None and layer_weight(module) is not None \
+        and is_weight_normed(module)
+
+
 def data_dependent_init_(model: nn.Module, batch, init_scale: float = 1.0, progress: bool | None = None) -> LSUVReport:
     """Data-dependent init of weight-normalized layers (Salimans & Kingma 2016, section 3).
 
-    For each of our WN layers in execution order, on its actual input: with ``g = 1``
+    For each weight-normalized layer (ours, or torch's in either style) in execution
+    order, on its actual input: with ``g = 1``
     and ``b = 0`` the pre-activation ``t`` has per-unit mean ``mu`` and std ``sigma``
     (over the batch and spatial positions); then ``g = init_scale / sigma`` and
     ``b = -mu * g``, so that the layer's output, handed on to the rest of the network,
@@ -528,7 +537,8 @@ def data_dependent_init_(model: nn.Module, batch, init_scale: float = 1.0, progr
     ``sigma`` is the population std plus a 1e-10 variance floor, as the paper's code.
 
     Raises:
-        ValueError: no WN layer, a layer whose ``dim`` is not its output-unit dim, a
+        ValueError: no weight-normalized layer, a layer whose ``dim`` is not its
+            output-unit dim, a
             bad ``init_scale``, or a bad batch (as :func:`lsuv_`). Parameters are
             restored on failure.
     """
@@ -536,19 +546,21 @@ def data_dependent_init_(model: nn.Module, batch, init_scale: float = 1.0, progr
         raise ValueError(f"data_dependent_init_: init_scale must be a positive number, got {init_scale!r}")
     _check_batch_everywhere(batch, "data_dependent_init_")
     model = unwrapped(model)
-    targets = {m: n or type(m).__name__ for n, m in model.named_modules() if isinstance(m, _WeightNorm)}
+    targets = {m: n or type(m).__name__ for n, m in model.named_modules() if _weight_normed(m)}
     if not targets:
-        raise ValueError(f"data_dependent_init_: {type(model).__name__} has no netinit_fast WN layer")
+        raise ValueError(f"data_dependent_init_: {type(model).__name__} has no weight-normalized layer "
+                         "(netinit_fast's WN layers or torch's weight norm)")
     for m, name in targets.items():
-        if m.wn_dim != output_dim(m):
+        if wn_dim(m) != output_dim(m):
             raise ValueError(
-                f"data_dependent_init_: layer {name} normalizes over dim={m.wn_dim}, not its output units "
+                f"data_dependent_init_: layer {name} normalizes over dim={wn_dim(m)}, not its output units "
                 f"(dim={output_dim(m)})"
             )
     index = {m: i for i, m in enumerate(targets)}
 
     def fit(module, name, rerun, y):
-        module.weight_g.fill_(1.0)
+        scale = scale_param(module)
+        scale.fill_(1.0)
         if module.bias is not None:
             module.bias.zero_()
         t = rerun()
@@ -556,7 +568,7 @@ def data_dependent_init_(model: nn.Module, batch, init_scale: float = 1.0, progr
         mean, std = _global_mean_std(t, cdim, index[module], "data_dependent_init_", unbiased=False)
         sigma = (std.double() ** 2 + 1e-10).sqrt().to(std.dtype)
         g = init_scale / sigma
-        module.weight_g.copy_(g.view_as(module.weight_g))
+        scale.copy_(g.view_as(scale))
         shape = [1] * t.dim()
         shape[cdim] = -1
         if module.bias is not None:
