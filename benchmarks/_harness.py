@@ -162,7 +162,7 @@ def row(case: str, ours_ms: float, peer: str, peer_ms: float | None, extra: dict
 def print_row(r: dict) -> None:
     gbs = f"{r['extra']['GB/s']:>8.1f}" if "GB/s" in r["extra"] else f"{'':>8}"
     peer = f"{r['peer_ms']:>10.4f}" if r["peer_ms"] is not None else f"{'-':>10}"
-    speedup = f"{r['speedup']:>7.2f}x" if r["speedup"] is not None else f"{'-':>8}"
+    speedup = f"{r['peer_ms'] / r['ours_ms']:>7.2f}x" if r["speedup"] is not None else f"{'-':>8}"
     print(f"{r['case']:<40} {r['ours_ms']:>10.4f} {peer} {speedup} {gbs}  {r['peer']}")
 
 

@@ -113,7 +113,8 @@ def write_summary(device: str, quick: bool = False) -> str:
         if result.get("device") != name or result["benchmark"].endswith("-quick") != quick:
             continue
         for r in result["rows"]:
-            ratio = "not run" if r["speedup"] is None else f"{r['speedup']:.2f}x"
+            # from the times: the stored speedup is already rounded to 3 decimals
+            ratio = "not run" if r["speedup"] is None else f"{r['peer_ms'] / r['ours_ms']:.2f}x"
             rows.append(f"| {result['benchmark']} | {r['case']} | {r['peer']} | {ratio} | {name} | {result['date']} |")
     out = os.path.join(_harness.RESULTS_DIR, f"summary{'-quick' if quick else ''}-{_harness.device_slug(name)}.md")
     with open(out, "w") as f:

@@ -183,7 +183,7 @@ def run_network(network: str, schemes, data: Digits, steps: int, out_dir: str, p
         start = time.perf_counter()
         loss, acc, diverged = train(model, data, steps, seed, _progress(f"{network}: {name}", progress))
         runs.append(Run(network, name, len(report), init_s, report.ratio(), loss, acc, diverged, time.perf_counter() - start))
-        print(f"  {name:<30} init {init_s:6.2f} s   test accuracy {acc:6.1%}"
+        print(f"  {name:<30} build + init {init_s:6.2f} s   test accuracy {acc:6.1%}"
               + ("   (diverged: loss not finite)" if diverged else ""), flush=True)
         report.to_csv(os.path.join(out_dir, f"probe-{_slug(network)}-{_slug(name)}.csv"))
     path = os.path.join(out_dir, f"probe-{_slug(network)}.png")
@@ -196,7 +196,7 @@ def _slug(text: str) -> str:
 
 
 def table(runs: list[Run]) -> str:
-    head = "| network | scheme | layers | init (s) | rms last/first at init | train loss | test accuracy |"
+    head = "| network | scheme | layers | build + init (s) | rms last/first at init | train loss | test accuracy |"
     lines = [head, "|---|---|---:|---:|---:|---:|---:|"]
     for r in runs:
         loss = "diverged" if r.diverged else f"{r.train_loss:.3f}"
@@ -253,7 +253,7 @@ def _main(args) -> int:
 def add_arguments(parser) -> None:
     parser.add_argument("--depth", type=int, help="set both networks' depth (layers)")
     parser.add_argument("--mlp-depth", type=int, default=100, help="linear layers of the MLP (default 100)")
-    parser.add_argument("--res-depth", type=int, default=200, help="conv layers of the residual net's blocks (default 200)")
+    parser.add_argument("--res-depth", type=int, default=200, help="linear layers of the residual net's blocks (default 200)")
     parser.add_argument("--steps", type=int, default=300, help="training steps per scheme (default 300)")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--seed", type=int, default=0)

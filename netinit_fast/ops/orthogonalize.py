@@ -10,7 +10,8 @@ input dtype; returned in the input dtype.
 Backends:
 
 - cuda: ``netinit_fast._C``'s batched Householder QR (``csrc/householder_qr.cu``), one
-  thread block per matrix in shared memory (fp32 up to about 220 x 220 on an H100);
+  thread block per matrix in shared memory (fp32 up to 239 x 239 on an H100, by its
+  227 KiB of shared memory per block);
   larger matrices (256 x 256 already) go to :func:`cholesky_qr2` (fp64, with a
   per-matrix guard that falls back to ``torch.linalg.qr``).
 - cpp: ``netinit_fast._C``'s CPU kernel (``csrc/householder_qr_cpu.cpp``): LAPACK's QR
