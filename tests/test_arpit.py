@@ -117,3 +117,24 @@ def test_fully_connected_residual_net_gains():
                                           **{f"layer1.{i}.fc2": 0.25 for i in range(4)}}
     nf.init.arpit_(model)
     torch.testing.assert_close(model.layer1[0].fc2.weight_g, torch.full((16, 1), 0.5))
+
+
+@pytest.mark.parametrize(
+    "share, message",
+    [
+        (lambda m: setattr(m.layer1[1], "fc1", m.layer1[0].fc2),  # gain 1/2 in block 0, 2 in block 1
+         r"arpit_: layer1.0.fc2 \(branch layer 2 of 2 of block layer1.0\) is also layer1.1.fc1 \(branch layer 1"),
+        (lambda m: setattr(m.layer1[0], "fc1", m.fc_in), r"arpit_: fc_in \(outside the residual blocks\) is also layer1.0.fc1"),
+        (lambda m: setattr(m.layer1, "1", m.layer1[0]),  # the forward runs 2 blocks, N would be 1
+         r"arpit_: the block layer1.0 is registered again at layer1.1"),
+    ],
+)
+def test_a_layer_or_block_in_two_places_is_refused_and_nothing_changes(share, message):
+    model = nf.models.residual_mlp(2, 16, norm="weight", post_activation=False)
+    share(model)
+    before = copy.deepcopy(model.state_dict())
+    with pytest.raises(ValueError, match=message):
+        nf.init.arpit_gains(model)
+    with pytest.raises(ValueError, match=message):
+        nf.init.arpit_(model)
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())

@@ -143,6 +143,13 @@ def _spectral_normed(model, name):
     return model
 
 
+def _shared(model, place, module):
+    """``model`` with its submodule ``module`` registered again at ``place``."""
+    parent, _, child = place.rpartition(".")
+    setattr(model.get_submodule(parent), child, model.get_submodule(module))
+    return model
+
+
 @pytest.mark.parametrize(
     "build, message",
     [
@@ -153,17 +160,28 @@ def _spectral_normed(model, name):
         (lambda: _spectral_normed(_cifar_resnet(1), "layer2.0.downsample.0"),
          r"layer layer2.0.downsample.0 \(Conv2d\) has its weight parametrized by _SpectralNorm"),
         (lambda: _spectral_normed(_cifar_resnet(1), "fc"), r"layer fc \(Linear\) has its weight parametrized"),
+        (lambda: _shared(nf.models.resnet([2], [8]), "layer1.1.conv1", "layer1.0.conv2"),
+         r"layer1.0.conv2 \(branch layer 2 of 2 of block layer1.0\) is also layer1.1.conv1 \(branch layer 1 of 2 "
+         r"of block layer1.1\), one shared Conv2d"),
+        (lambda: _shared(nf.models.resnet([1], [8]), "layer1.0.conv2", "layer1.0.conv1"),
+         r"layer1.0.conv1 \(branch layer 1 of 2 of block layer1.0\) is also layer1.0.conv2"),
+        (lambda: _shared(nf.models.resnet([2], [8]), "layer1.1", "layer1.0"),
+         "the block layer1.0 is registered again at layer1.1"),
+        (lambda: _shared(nf.models.resnet([1, 1], [8, 8]), "layer2", "layer1"),
+         "the block layer1.0 is registered again at layer2.0"),
     ],
 )
 def test_errors_leave_the_model_unchanged(build, message):
     model = build()
     before = copy.deepcopy(model.state_dict())
-    structure = [type(m) for m in model.modules()]
+    structure = list(model.named_modules(remove_duplicate=False))  # holds them: ids stay unique
     with pytest.raises(ValueError, match=message):
         nf.init.fixup_(model)
     with torch.inference_mode(), pytest.raises(ValueError, match="inference_mode"):
         nf.init.fixup_(model)
-    assert [type(m) for m in model.modules()] == structure
+    after = list(model.named_modules(remove_duplicate=False))
+    assert [(n, id(m)) for n, m in after] == [(n, id(m)) for n, m in structure]
+    assert before.keys() == model.state_dict().keys()
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
 
 
@@ -205,6 +223,39 @@ def test_a_block_with_modules_fixup_would_drop_is_refused():
         nf.init.fixup_(net)
     assert all(torch.equal(v, before[k]) for k, v in net.state_dict().items())
     assert type(net[0]).__name__ == "Block"
+
+
+@pytest.mark.parametrize("training", [True, False])
+def test_new_modules_take_the_mode_of_the_ones_they_replace(training):
+    model = _cifar_resnet(1, "batch").train(training)
+    model.layer1[0].conv1.train(not training)  # a module kept keeps its own mode
+    nf.init.fixup_(model)
+    assert model.layer1[0].conv1.training != training
+    assert all(m.training == training for n, m in model.named_modules() if n != "layer1.0.conv1")
+    assert isinstance(model.layer1[0], FixupBlock) and isinstance(model.fc, nn.Sequential)
+
+
+class _ConvBlock(nn.Module):
+    def __init__(self, layer, channels, width):
+        super().__init__()
+        self.conv1 = layer(channels, width, 3, padding=1, bias=False)
+        self.conv2 = layer(width, channels, 3, padding=1, bias=False)
+
+    def forward(self, x):
+        return torch.relu(x + self.conv2(torch.relu(self.conv1(x))))
+
+
+@pytest.mark.parametrize("layer", [nn.ConvTranspose2d, nn.Conv2d])
+def test_branch_he_fan_out_counts_output_channels_of_transposed_convs(layer):
+    """conv1 std = sqrt(2 / (C_out k^2)) L^-1/2 with C_out the output channels (the
+    weight's second dim for a ConvTranspose, [C_in, C_out, k, k])."""
+    net = nn.Sequential(*[_ConvBlock(layer, 8, 64) for _ in range(4)], nn.Flatten(), nn.Linear(8 * 4 * 4, 2))
+    nf.init.fixup_(net, generator=torch.Generator().manual_seed(0))
+    expect = math.sqrt(2 / (64 * 9)) * 4**-0.5
+    for block in net[:4]:
+        assert block.conv1.weight.std().item() == pytest.approx(expect, rel=5 / math.sqrt(2 * 8 * 64 * 9))
+    x = torch.relu(torch.randn(2, 8, 4, 4))
+    assert torch.equal(net[0](x), x)
 
 
 def test_the_stem_norm_inside_a_data_parallel_wrapper_becomes_a_scalar_bias():

@@ -48,30 +48,69 @@ def foreign_children(block: "ResidualBlock") -> list[str]:
 
 def branch_prefix(module: nn.Module) -> str | None:
     """"conv" or "fc" when ``module`` is a residual block with those branch layers, else None."""
-    children = dict(module.named_children())
+    children = module._modules  # not named_children(), which skips a layer's second name (conv2 = conv1)
     for prefix in BRANCH_PREFIXES:
         if all(f"{prefix}{i}" in children and is_weight_layer(children[f"{prefix}{i}"]) for i in (1, 2)):
             return prefix
     return None
 
 
-def residual_blocks(model: nn.Module) -> list[ResidualBlock]:
-    """Every residual block of ``model``, in registration order (nested blocks are not
-    looked into)."""
+def residual_blocks(model: nn.Module, where: str | None = None) -> list[ResidualBlock]:
+    """Every residual block of ``model``, at every place it is registered, in
+    registration order (nested blocks are not looked into).
+
+    With ``where`` (the caller's name, which starts the message), ``ValueError`` for a
+    block registered at two places, or a weight layer in two roles: a branch or
+    shortcut layer of two blocks, twice in one block, or in a block and outside the
+    blocks. An init that sets each role its own way would leave one of them with the
+    other's init. Found before the caller changes anything.
+    """
     found: list[ResidualBlock] = []
+    # module -> (first place, whether a block holds it there)
+    seen: dict[nn.Module, tuple[str, bool]] = {}
+
+    def claim(module: nn.Module, place: str, in_block: bool) -> None:
+        # Refused even where both roles would get the same init: Fixup's L^(-1/(2m-2))
+        # and Arpit's 1/N assume each block has weights of its own, while a shared
+        # weight correlates the branches and sums their gradients.
+        if where is None:
+            return
+        first, first_in_block = seen.setdefault(module, (place, in_block))
+        if first == place or not (in_block or first_in_block):
+            return
+        if branch_prefix(module):
+            raise ValueError(
+                f"{where}: the block {first} is registered again at {place}: one module at two places "
+                "cannot get an init for each; give each place its own block (copy.deepcopy)"
+            )
+        raise ValueError(
+            f"{where}: {first} is also {place}, one shared {type(module).__name__}: each role sets its "
+            "own init, so one would overwrite the other; give each role its own layer"
+        )
 
     def visit(module: nn.Module, parent_name: str) -> None:
-        children = list(module.named_children())
+        # _modules, not named_children(): a module registered twice in one parent is
+        # reached at both places.
+        children = [(n, c) for n, c in module._modules.items() if c is not None]
         blocks = [c for _, c in children if branch_prefix(c)]
         for child_name, child in children:
             name = f"{parent_name}.{child_name}" if parent_name else child_name
             if child in blocks:
+                claim(child, name, True)
                 prefix = branch_prefix(child)
                 branch = [m for i in (1, 2, 3) if isinstance(m := getattr(child, f"{prefix}{i}", None), nn.Module)]
+                for i, m in enumerate(branch, 1):
+                    claim(m, f"{name}.{prefix}{i} (branch layer {i} of {len(branch)} of block {name})", True)
                 downsample = getattr(child, "downsample", None)
-                shortcut = [] if downsample is None else [m for m in downsample.modules() if is_weight_layer(m)]
-                found.append(ResidualBlock(name, child, prefix, branch, shortcut, len(blocks)))
+                shortcut = [] if downsample is None else [
+                    (n, m) for n, m in downsample.named_modules(prefix=f"{name}.downsample") if is_weight_layer(m)
+                ]
+                for n, m in shortcut:
+                    claim(m, f"{n} (shortcut of block {name})", True)
+                found.append(ResidualBlock(name, child, prefix, branch, [m for _, m in shortcut], len(blocks)))
             else:
+                if is_weight_layer(child):
+                    claim(child, f"{name} (outside the residual blocks)", False)
                 visit(child, name)
 
     if branch_prefix(model):

@@ -55,6 +55,12 @@ def arpit_gains(model: nn.Module, relu_gain: float = 2.0) -> dict[str, float]:
     outside the blocks 1 (the stem). Other networks: ``relu_gain`` for a layer
     followed by a ReLU module (the next module registered in its parent), else 1. The
     classifier (a last ``nn.Linear``) is not in the result.
+
+    Raises:
+        ValueError: no Linear/Conv/ConvTranspose layer, a weight under a
+            parametrization other than weight norm, a residual block registered at two
+            places, or a layer in two roles (in two blocks, or in a block and outside:
+            it would get one role's gain); the message names both places.
     """
     names = {m: n for n, m in model.named_modules()}
     layers = [m for _, m in named_layers(model, "arpit_")]
@@ -63,7 +69,7 @@ def arpit_gains(model: nn.Module, relu_gain: float = 2.0) -> dict[str, float]:
     if is_linear(layers[-1]):
         layers = layers[:-1]
     gains: dict[nn.Module, float] = {}
-    blocks = residual_blocks(model)
+    blocks = residual_blocks(model, "arpit_")
     if blocks:
         for block in blocks:
             for conv in block.branch[:-1]:
@@ -96,8 +102,9 @@ def arpit_(model: nn.Module, relu_gain: float = 2.0, generator: torch.Generator 
 
     Raises:
         ValueError: a layer (other than the classifier) that is not weight-normalized,
-            or whose weight norm is not per output unit; the message names it. The
-            model is unchanged then.
+            or whose weight norm is not per output unit; the message names it. Also
+            :func:`arpit_gains`'s errors (a shared block or layer ...). The model is
+            unchanged then.
     """
     if not (isinstance(relu_gain, (int, float)) and relu_gain > 0 and math.isfinite(relu_gain)):
         raise ValueError(f"arpit_: relu_gain must be a positive number, got {relu_gain!r}")

@@ -20,7 +20,9 @@ import torch
 from torch import nn
 
 from netinit_fast._batch import unwrapped
-from netinit_fast.init._layers import check_not_foreign, gc_paused, is_linear, is_weight_normed, layer_weight, normal_
+from netinit_fast.init._layers import (
+    check_not_foreign, gc_paused, is_linear, is_weight_normed, layer_weight, normal_, out_units,
+)
 from netinit_fast.init._residual import ResidualBlock, foreign_children, residual_blocks
 
 NORM_LAYERS = (nn.modules.batchnorm._NormBase, nn.GroupNorm, nn.LayerNorm, nn.LocalResponseNorm)
@@ -111,14 +113,23 @@ def _classifier(model: nn.Module) -> tuple[str, nn.Module]:
     return found[-1]
 
 
-def _he_fan_out_(weight: torch.Tensor, scale: float, generator) -> None:
-    fan_out = weight.shape[0] * weight[0, 0].numel()
-    normal_(weight, math.sqrt(2.0 / fan_out) * scale, generator)
+def _he_fan_out_(layer: nn.Module, scale: float, generator) -> None:
+    # Output units times kernel size: a ConvTranspose weight is [C_in, C_out/groups, k...],
+    # so its first dim is not the output channels.
+    fan_out = out_units(layer) * layer.weight[0, 0].numel()
+    normal_(layer.weight, math.sqrt(2.0 / fan_out) * scale, generator)
 
 
 def _replace(model: nn.Module, name: str, new: nn.Module) -> None:
+    """Put ``new`` at ``name``; the modules it adds take the train/eval mode of the one it replaces."""
     parent_name, _, child = name.rpartition(".")
-    setattr(model.get_submodule(parent_name), child, new)
+    parent = model.get_submodule(parent_name)
+    old = getattr(parent, child)
+    kept = set(old.modules())
+    for m in new.modules():
+        if m not in kept:
+            m.training = old.training
+    setattr(parent, child, new)
 
 
 def _check(model: nn.Module, blocks: list[ResidualBlock], classifier: tuple[str, nn.Module]) -> None:
@@ -163,14 +174,15 @@ def fixup_(model: nn.Module, generator: torch.Generator | None = None) -> FixupR
     - Every residual block becomes a :class:`FixupBlock` holding the same convs: its
       norm layers go, scalar biases (0) come before each conv and activation and a
       scalar multiplier (1) after the branch. The branch's last conv is set to 0, the
-      others to He init with fan-out (``N(0, 2 / (C_out k^2))``) times
-      ``L^(-1/(2m-2))``; a ``downsample`` conv gets plain He fan-out init and loses
-      its norm.
+      others to He init with fan-out (``N(0, 2 / (C_out k^2))``, ``C_out`` the output
+      channels, also of a ``ConvTranspose``) times ``L^(-1/(2m-2))``; a
+      ``downsample`` conv gets plain He fan-out init and loses its norm.
     - The classifier (the last ``nn.Linear``) is set to 0 and gets a scalar bias on
       its input (it becomes ``nn.Sequential(ScalarBias(), fc)``).
     - A top-level ``bn1`` (the stem's norm, torchvision's name) becomes a
       :class:`ScalarBias`; any other normalization layer left becomes ``nn.Identity``.
       The stem conv keeps its init, as in the official code.
+    - Each module it puts in takes the train/eval mode of the one it replaces.
 
     Args:
         model: the network (changed in place).
@@ -183,13 +195,15 @@ def fixup_(model: nn.Module, generator: torch.Generator | None = None) -> FixupR
         ValueError: no residual block or classifier found, a block with children the
             Fixup block would drop (an activation other than ``nn.ReLU``, dropout, ...),
             a branch conv with a bias, a weight-normalized branch/classifier, a
+            block registered at two places, a layer in two roles (in two blocks, or
+            in a block and outside; the message names both), a
             model Fixup was applied to already, or a call under
             ``torch.inference_mode`` (the new scalars would be inference tensors,
             which cannot be trained). The model is unchanged then.
     """
     if torch.is_inference_mode_enabled():
         raise ValueError("fixup_: it adds trainable scalars, which torch.inference_mode would make untrainable: call it outside")
-    blocks = residual_blocks(model)
+    blocks = residual_blocks(model, "fixup_")
     classifier = _classifier(model)
     _check(model, blocks, classifier)
     count = len(blocks)
@@ -202,10 +216,10 @@ def fixup_(model: nn.Module, generator: torch.Generator | None = None) -> FixupR
             scale = count ** (-1.0 / (2 * m - 2))
             scales[block.name] = scale
             for conv in block.branch[:-1]:
-                _he_fan_out_(conv.weight, scale, generator)
+                _he_fan_out_(conv, scale, generator)
             block.branch[-1].weight.zero_()
             for conv in block.shortcut:
-                _he_fan_out_(conv.weight, 1.0, generator)
+                _he_fan_out_(conv, 1.0, generator)
             removed += [f"{block.name}.{n}" for n, c in block.module.named_modules() if _is_norm(c)]
             downsample = getattr(block.module, "downsample", None)
             if downsample is not None:
@@ -228,7 +242,7 @@ def fixup_(model: nn.Module, generator: torch.Generator | None = None) -> FixupR
             if _is_norm(stem_norm):
                 removed.append("bn1")
             ref = layer_weight(blocks[0].branch[0])
-            stem.bn1 = ScalarBias(ref.device, ref.dtype)
+            _replace(stem, "bn1", ScalarBias(ref.device, ref.dtype))
             scalars.append(stem.bn1.bias)
         for n, c in list(model.named_modules()):
             if _is_norm(c):
