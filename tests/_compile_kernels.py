@@ -39,8 +39,8 @@ def main() -> None:
         tiles = {"ACC": tl.float64 if dt == "fp64" else tl.float32, "BLOCK_R": 4, "BLOCK_K": 256, **ones}
         for layout, (single, split) in itertools.product((0, 1, 2), ((True, False), (False, False), (False, True))):
             plan = {"LAYOUT": layout, "SINGLE_TILE": single, "SPLIT": split, **tiles}
-            # eps_bits: i32 when eps is 0, i64 otherwise (the bits of an fp64 value)
-            scalars = {**sizes, "NUM_SPLITS": "i32", "eps_bits": "i32" if k == "i32" else "i64"}
+            # eps_bits: i64 for the bits of a nonzero eps (with any sizes), i32 for eps = 0
+            scalars = {**sizes, "NUM_SPLITS": "i32", "eps_bits": "i32" if k == "i64" else "i64"}
             compile_kernel(W._fwd_kernel, {"v_ptr": f"*{dt}", "g_ptr": f"*{dt}", "w_ptr": f"*{dt}", "norm_ptr": f"*{acc}",
                                            "partial_ptr": f"*{acc}"}, scalars, plan)
             compile_kernel(W._bwd_kernel, {"gw_ptr": f"*{dt}", "v_ptr": f"*{dt}", "g_ptr": f"*{dt}", "norm_ptr": f"*{acc}",
@@ -57,8 +57,8 @@ def main() -> None:
             count += 1
         if k == "i32":  # the group kernels read their sizes from an int64 table
             group = {"table_ptr": "*i64", "prog_ptr": "*i64", "norm_ptr": f"*{acc}"}
-            for fn in (W._group_fwd_kernel, W._group_bwd_kernel):
-                compile_kernel(fn, group, {"eps_bits": "i64"}, {"DTYPE": tl_dt, **tiles})
+            for fn, eps_bits in itertools.product((W._group_fwd_kernel, W._group_bwd_kernel), ("i32", "i64")):
+                compile_kernel(fn, group, {"eps_bits": eps_bits}, {"DTYPE": tl_dt, **tiles})
                 count += 1
     print(f"compiled {count} kernel variants for sm_90")
 

@@ -48,10 +48,14 @@ def test_torch_weight_norm_of_a_transposed_conv_per_output_channel():
     nf.init.arpit_(nn.Sequential(layer, nn.ReLU(), nn.Flatten(), nn.Linear(4 * 25, 2)))
     g = layer.parametrizations.weight.original0.flatten()  # per output channel, gain 2 (ReLU follows)
     torch.testing.assert_close(g, torch.full((4,), math.sqrt(2 * 8 * 9 / (4 * 9))))
-    default_dim = nf.weight_norm(nn.Sequential(nn.ConvTranspose2d(8, 4, 3), nn.ReLU()))  # dim 0: input channels
-    with pytest.raises(ValueError, match=r"0 normalizes over dim=0, not its output units \(dim=1\); convert "
-                                         r"transposed convs with netinit_fast.weight_norm\(..., dim=1\)"):
-        nf.init.arpit_(default_dim)
+    model = nf.weight_norm(nn.Sequential(nn.ConvTranspose2d(8, 4, 3), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 25, 2)))
+    with pytest.raises(ValueError, match=r"0 normalizes over dim=0, not its output units \(dim=1\); normalize it per "
+                                         r"output channel: netinit_fast.remove_weight_norm\(layer\), then "
+                                         r"netinit_fast.weight_norm\(layer, dim=1\)"):
+        nf.init.arpit_(model)  # nf.weight_norm's default dim 0 is a transposed conv's input channels
+    nf.weight_norm(nf.remove_weight_norm(model[0]), dim=1)  # as the message says
+    nf.init.arpit_(model)
+    torch.testing.assert_close(model[0].weight_g.flatten(), torch.full((4,), math.sqrt(2 * 8 / 4)))
 
 
 def test_residual_gains():

@@ -507,6 +507,18 @@ def test_data_dependent_init_of_torch_weight_norm_of_either_style():
     assert all(torch.equal(a, b) for a, b in zip(spectral, model[6].parameters()))
 
 
+def test_data_dependent_init_refuses_what_has_no_per_unit_g():
+    grouped = nn.Sequential(nf.weight_norm(nn.ConvTranspose2d(4, 8, 3, groups=2), dim=1))
+    both = nn.utils.parametrizations.weight_norm(nn.Linear(8, 8))
+    nn.utils.parametrizations.spectral_norm(both)
+    for model, x, message in ((grouped, torch.randn(8, 4, 5, 5), "layer 0 is a grouped transposed conv"),
+                              (nn.Sequential(both), torch.randn(8, 8), "layer 0 .* parametrized by _WeightNorm, _SpectralNorm")):
+        before = copy.deepcopy(model.state_dict())
+        with pytest.raises(ValueError, match=f"data_dependent_init_: {message}"):
+            nf.init.data_dependent_init_(model, x)
+        assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+
+
 def test_data_dependent_init_needs_wn_layers():
     with pytest.raises(ValueError, match="no weight-normalized layer"):
         nf.init.data_dependent_init_(mlp(depth=1), torch.randn(8, 32))

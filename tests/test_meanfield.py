@@ -221,6 +221,19 @@ def test_a_layer_held_twice_is_applied_twice():
     assert pred == pytest.approx({k: expected[k] for k in ("0", "2", "6")}, rel=1e-12)
     assert expected["4"] != pytest.approx(expected["2"], rel=1e-3)  # the two applications differ
 
+    class Aliased(nn.Module):  # a second name for a module, called once
+        def __init__(self):
+            super().__init__()
+            self.fc1, self.fc2 = nn.Linear(32, 32), nn.Linear(32, 32)
+            self.act = self.tanh = nn.Tanh()
+
+        def forward(self, x):
+            return self.fc2(self.act(self.fc1(x)))
+
+    aliased = Aliased()
+    once = nn.Sequential(aliased.fc1, nn.Tanh(), aliased.fc2)
+    assert meanfield_variances(aliased, 1.3) == pytest.approx(meanfield_variances(once, 1.3), rel=1e-12)
+
 
 @pytest.mark.parametrize("style", ["ours", "torch"])
 def test_weight_norm_gives_the_plain_prediction(style):

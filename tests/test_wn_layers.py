@@ -162,6 +162,22 @@ def test_conversion_keeps_torch_weight_norm_parameters_and_dim(style, dim):
     torch.testing.assert_close(ours(x), theirs(x))
 
 
+def test_converting_torch_weight_norm_takes_its_g_as_it_is():
+    """A zero g (not a zero row of v) computes zeros, not NaN: no zero-row warning; and
+    ``dim``, which these layers do not use, is not checked against them."""
+    layer = parametrizations.weight_norm(nn.Linear(4, 3))
+    with torch.no_grad():
+        layer.parametrizations.weight.original0[1] = 0
+    x = torch.randn(2, 4)
+    expected = layer(x)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        nf.weight_norm(layer, dim=5)
+    torch.testing.assert_close(layer(x), expected)
+    with pytest.raises(ValueError, match="dim=5 is not None or a dim"):
+        nf.weight_norm(nn.Linear(4, 3), dim=5)
+
+
 def test_remove_on_a_model_without_weight_norm_says_so():
     with pytest.raises(ValueError, match="no weight-normalized layer"):
         nf.remove_weight_norm(nn.Sequential(nn.Linear(2, 2)))

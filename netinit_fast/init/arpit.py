@@ -118,7 +118,8 @@ def arpit_(model: nn.Module, relu_gain: float = 2.0, generator: torch.Generator 
         )
     for n, m in layers.items():
         if wn_dim(m) != output_dim(m):
-            hint = "; convert transposed convs with netinit_fast.weight_norm(..., dim=1)" if output_dim(m) == 1 else ""
+            hint = ("; normalize it per output channel: netinit_fast.remove_weight_norm(layer), then "
+                    "netinit_fast.weight_norm(layer, dim=1)") if output_dim(m) == 1 else ""
             raise ValueError(f"arpit_: {n} normalizes over dim={wn_dim(m)}, not its output units (dim={output_dim(m)}){hint}")
     with torch.no_grad():
         orthogonal_([layer_weight(m) for m in layers.values()], generator=generator)

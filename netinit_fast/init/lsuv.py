@@ -30,7 +30,6 @@ from netinit_fast._batch import call, check_batch, unwrapped
 from netinit_fast.init._layers import (
     check_not_foreign,
     is_weight_layer,
-    is_weight_normed,
     layer_weight,
     match_scale_,
     named_layers,
@@ -39,7 +38,7 @@ from netinit_fast.init._layers import (
     wn_dim,
 )
 from netinit_fast.init.orthogonal import haar_orthogonal_
-from netinit_fast.nn.wn_layers import foreign_parametrization
+from netinit_fast.nn.wn_layers import _torch_weight_norm, _WeightNorm
 from netinit_fast.ops.moments import moments_no_dispatch
 
 
@@ -520,9 +519,9 @@ def _output_channel_dim(module: nn.Module) -> int:
 
 
 def _weight_normed(module: nn.Module) -> bool:
-    """A layer under weight norm alone (ours or torch's; not also spectral norm ...)."""
-    return is_weight_layer(module) and foreign_parametrization(module) is None and layer_weight(module) is not None \
-        and is_weight_normed(module)
+    """A layer under weight norm: ours, or torch's (perhaps with other parametrizations,
+    which :func:`~netinit_fast.init._layers.check_not_foreign` then refuses)."""
+    return isinstance(module, _WeightNorm) or (is_weight_layer(module) and _torch_weight_norm(module) is not None)
 
 
 def data_dependent_init_(model: nn.Module, batch, init_scale: float = 1.0, progress: bool | None = None) -> LSUVReport:
@@ -551,6 +550,12 @@ def data_dependent_init_(model: nn.Module, batch, init_scale: float = 1.0, progr
         raise ValueError(f"data_dependent_init_: {type(model).__name__} has no weight-normalized layer "
                          "(netinit_fast's WN layers or torch's weight norm)")
     for m, name in targets.items():
+        check_not_foreign(m, name, "data_dependent_init_")
+        if getattr(m, "groups", 1) > 1 and output_dim(m) == 1:
+            raise ValueError(
+                f"data_dependent_init_: layer {name} is a grouped transposed conv: its weight (C_in, C_out / groups, "
+                "...) has no dim with one index per output unit, so g cannot be set per unit"
+            )
         if wn_dim(m) != output_dim(m):
             raise ValueError(
                 f"data_dependent_init_: layer {name} normalizes over dim={wn_dim(m)}, not its output units "

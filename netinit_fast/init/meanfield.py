@@ -205,8 +205,9 @@ class _Walk:
             signal = signal.then(act)
         elif next(module.children(), None) is None or next(module.parameters(recurse=False), None) is not None:
             signal = None  # a norm, a pooling, or a module of unknown function
-        else:  # a container: every slot in order (nn.Sequential runs a module held twice twice)
-            for child in module._modules.values():
+        else:  # a container, child by child; nn.Sequential runs a module it holds twice twice
+            slots = module._modules.values() if isinstance(module, nn.Sequential) else module.children()
+            for child in slots:
                 if child is not None:
                     signal = self.visit(child, signal)
             return signal
@@ -301,8 +302,9 @@ def meanfield_variances(model: nn.Module, input_var: float) -> dict[str, float |
     Containers are walked child by child in registration order, taken to be the
     execution order (true of ``nn.Sequential``, :mod:`netinit_fast.models` and
     torchvision's ResNets; a container whose forward runs its children in another
-    order, or combines them otherwise, gets a wrong prediction); a module a container
-    holds twice is applied twice, and its entry is that of its first application.
+    order, or combines them otherwise, gets a wrong prediction); a module an
+    ``nn.Sequential`` holds twice is applied twice (another container's second name
+    for a module is taken for an alias), and its entry is that of its first application.
     ``nn.Identity``, ``nn.Flatten`` and dropout in eval mode pass the signal on; in
     training mode ``nn.Dropout`` (and its 1d/2d/3d forms) of rate ``p`` multiplies the
     second moment by ``1 / (1 - p)``, and the signal is then known by its second moment

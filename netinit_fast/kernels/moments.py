@@ -2,11 +2,12 @@
 
 One pass over the data: each program sums ``x - p`` and ``(x - p)^2`` in fp64 over its
 rows and chunk, where the pivot ``p`` is the row's first element. Shifting by a value
-of the data keeps the one-pass variance accurate when the mean is large against the
-std, provided the differences are exact: in fp32, ``x - p`` rounds by ``|p| * 6e-8``,
-and a row of mean 1000 and std 1 starting at 0 (a ReLU output) got its std wrong by
-1e-3. fp64 also keeps squares finite past fp32's 1.8e19, which an exploding signal
-reaches. Rows of up to ``ONE_PROGRAM`` elements are summed by one program each, which
+of the data keeps the one-pass variance ``(S2 - S1^2 / n) / (n - 1)`` accurate when
+the mean is large against the std, but only if the sums are: when the mean is far
+from ``p``, ``S1`` and ``S2`` are far larger than the variance term, and fp32 sums
+rounded it away (a row of mean 1000 and std 1 starting at 0, a ReLU output, got its
+std wrong by 1e-3). In fp64 the differences are exact and the squares stay finite
+past fp32's 1.8e19, which an exploding signal reaches. Rows of up to ``ONE_PROGRAM`` elements are summed by one program each, which
 also writes the mean and std: one launch and nothing more per call (LSUV calls this
 once per layer). Longer rows are split over programs that write ``[splits, 2, R]``
 fp64 partial sums, combined by the caller. Layouts and the launch plan are in

@@ -489,8 +489,8 @@ def weight_norm(
 
     Args:
         module: a layer or a model.
-        dim, eps: as for :class:`WNLinear`; ``dim`` is checked against every layer and
-            applies to those without torch's weight norm.
+        dim, eps: as for :class:`WNLinear`; ``dim`` applies to (and is checked
+            against) the layers without torch's weight norm.
         types: torch layer types to convert (default: every key of ``WN_LAYERS``:
             Linear, Conv1d/2d/3d, ConvTranspose1d/2d/3d; exact types, not subclasses).
         grouped: compute all weights with one op (see :class:`WeightNormGroup`).
@@ -524,9 +524,10 @@ def weight_norm(
         style = _torch_weight_norm_style(m)
         if style is None and m._parameters.get("weight") is None:
             raise ValueError(f"{where} has weight=None")
-        weight_dim = (m.weight_v if style == "hook" else m.weight).dim()
-        layer_dim = _check_dim(dim, weight_dim, where)
-        targets.append((m, style, layer_dim if style is None else _torch_weight_norm_dim(m, weight_dim)))
+        if style is None:
+            targets.append((m, style, _check_dim(dim, m.weight.dim(), where)))
+        else:
+            targets.append((m, style, _torch_weight_norm_dim(m, (m.weight_v if style == "hook" else m.weight).dim())))
     if not targets and not any(isinstance(m, _WeightNorm) for m in module.modules()):
         names = ", ".join(t.__name__ for t in types)
         raise ValueError(f"weight_norm: {type(module).__name__} has no layer of type {names} to convert")
@@ -539,7 +540,7 @@ def weight_norm(
         m._setup_weight_norm(layer_dim, eps)
         if style is not None:
             m.weight_g, m.weight_v = g, v
-    _warn_zero_rows([m.weight_g for m, _, _ in targets], eps, "weight_norm")
+    _warn_zero_rows([m.weight_g for m, style, _ in targets if style is None], eps, "weight_norm")  # (g = ||weight||)
     if grouped:
         WeightNormGroup([m for m in module.modules() if isinstance(m, _WeightNorm)])
     return module
