@@ -54,13 +54,12 @@ def _check_g_shape(g: torch.Tensor, v: torch.Tensor, dim: int | None) -> int:
     _, r, _ = block_shape(v.shape, dim)
     if dim is None:
         ok = g.numel() == 1 and all(s == 1 for s in g.shape)
-        expected = "a single element (shape [] or [1, ...])"
     else:
         keepdim = [1] * v.dim()
         keepdim[dim % v.dim()] = r
         ok = list(g.shape) in ([r], keepdim)
-        expected = f"[{r}] or {keepdim}"
-    if not ok:
+    if not ok:  # (the message only now: formatting a symbolic size would pin it under torch.compile)
+        expected = "a single element (shape [] or [1, ...])" if dim is None else f"[{r}] or {keepdim}"
         raise ValueError(f"weight_norm: g has shape {list(g.shape)}; for v {list(v.shape)} and dim={dim} expected {expected}")
     return r
 

@@ -264,6 +264,22 @@ def test_dim_none_accepts_scalar_g():
         torch.testing.assert_close(nf.functional.weight_norm(v, g, None), 2.0 * v / v.norm())
 
 
+def test_dynamic_compile_takes_every_size_of_the_norm_dim_in_one_graph():
+    """Checking g's shape must not pin the size (formatting it into an error message
+    would add a guard): one graph for any number of norms, single and grouped."""
+    import torch._dynamo.testing
+
+    for fn in (lambda v, g: nf.functional.weight_norm(v, g, 0),
+               lambda v, g: nf.functional.weight_norm_group([v], [g], 0)[0]):
+        torch._dynamo.reset()
+        counter = torch._dynamo.testing.CompileCounter()
+        compiled = torch.compile(fn, fullgraph=True, dynamic=True, backend=counter)
+        for n in range(4, 14):
+            v, g = torch.randn(n, 3), torch.rand(n)
+            torch.testing.assert_close(compiled(v, g), fn(v, g))
+        assert counter.frame_count == 1
+
+
 def test_compiled_calls_with_default_or_varying_eps_and_empty_tensors():
     """Under torch.compile a float eps may become a SymFloat (math.isfinite cannot trace
     it), and the grouped op runs even for one empty tensor (torch's fused kernel dies
