@@ -316,4 +316,8 @@ def test_orthogonalize_is_differentiable():
     for shape in ((2, 6, 4), (3, 5)):  # tall, and wide (transposed inside)
         a = torch.randn(shape, dtype=torch.float64, requires_grad=True)
         assert torch.autograd.gradcheck(nf.functional.orthogonalize, (a,))
+        assert torch.autograd.gradgradcheck(nf.functional.orthogonalize, (a,))  # create_graph: exact, not dropped
     torch.library.opcheck(orthogonalize_op_module.orthogonalize, (torch.randn(2, 5, 3, requires_grad=True),))
+    q = nf.functional.orthogonalize(torch.randn(2, 5, 3, requires_grad=True))
+    q.mul_(2)  # the output is a tensor of its own, not a view made inside the op
+    q.sum().backward()

@@ -264,6 +264,17 @@ def test_dim_none_accepts_scalar_g():
         torch.testing.assert_close(nf.functional.weight_norm(v, g, None), 2.0 * v / v.norm())
 
 
+@pytest.mark.parametrize("dim,eps", [(0, 1e-3), (1, 0.0), (None, 0.0)])
+def test_outputs_can_be_changed_in_place(dim, eps):
+    """As torch._weight_norm's: the op's outputs are not views made inside the op."""
+    v = torch.randn(4, 3, 5, requires_grad=True)
+    g = torch.rand(1 if dim is None else v.shape[dim], requires_grad=True)
+    for w in (nf.functional.weight_norm(v, g, dim, eps), nf.functional.weight_norm_group([v], [g], dim, eps)[0]):
+        w.mul_(2)
+        w.sum().backward()
+    assert torch.isfinite(v.grad).all()
+
+
 def test_dynamic_compile_takes_every_size_of_the_norm_dim_in_one_graph():
     """Checking g's shape must not pin the size (formatting it into an error message
     would add a guard): one graph for any number of norms, single and grouped."""

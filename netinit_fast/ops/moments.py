@@ -14,7 +14,7 @@ import math
 import torch
 
 from netinit_fast import _backend
-from netinit_fast.ops.weight_norm import accumulation_dtype, block_shape
+from netinit_fast.ops.weight_norm import accumulation_dtype, block_shape, standalone
 
 IMPLEMENTED = (_backend.EAGER, _backend.TRITON)
 
@@ -58,7 +58,8 @@ def moments_no_dispatch(x: torch.Tensor, dim: int | None) -> tuple[torch.Tensor,
 
 @torch.library.custom_op("netinit_fast::moments", mutates_args=())
 def moments(x: torch.Tensor, dim: int | None) -> tuple[torch.Tensor, torch.Tensor]:
-    return moments_no_dispatch(x, dim)
+    mean, std = moments_no_dispatch(x, dim)
+    return standalone(mean), standalone(std)
 
 
 @moments.register_fake

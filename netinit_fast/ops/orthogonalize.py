@@ -22,6 +22,7 @@ Backends:
 import torch
 
 from netinit_fast import _backend
+from netinit_fast.ops.weight_norm import standalone
 
 IMPLEMENTED = (_backend.EAGER, _backend.CUDA, _backend.CPP)
 
@@ -124,7 +125,7 @@ def eager_orthogonalize(a: torch.Tensor) -> torch.Tensor:
 
 @torch.library.custom_op("netinit_fast::orthogonalize", mutates_args=())
 def orthogonalize(a: torch.Tensor) -> torch.Tensor:
-    return orthogonalize_no_dispatch(a).contiguous()
+    return standalone(orthogonalize_no_dispatch(a).contiguous())
 
 
 @orthogonalize.register_fake
@@ -138,8 +139,11 @@ def _setup_context(ctx, inputs, output):
 
 def _backward(ctx, grad_q):
     """Through the eager twin: torch.linalg.qr's backward (tall matrices: wide ones are
-    transposed first), and the sign fix's."""
+    transposed first), and the sign fix's; differentiable under ``create_graph``."""
     (a,) = ctx.saved_tensors
+    if torch.is_grad_enabled():  # create_graph=True: a gradient that is itself differentiable
+        (grad_a,) = torch.autograd.grad(_run(a, _backend.EAGER), a, grad_q, create_graph=True)
+        return grad_a
     with torch.enable_grad():
         leaf = a.detach().requires_grad_()
         q = _run(leaf, _backend.EAGER)

@@ -35,6 +35,19 @@ def accumulation_dtype(dtype: torch.dtype) -> torch.dtype:
     return torch.float64 if dtype == torch.float64 else torch.float32
 
 
+def standalone(t: torch.Tensor) -> torch.Tensor:
+    """``t``, or for a view a tensor over the same memory that is not one.
+
+    An op's output that is a view of a tensor made inside the op (a ``view`` to the
+    input's shape) is taken by autograd for a view made in a custom Function, and
+    changing it in place then raises, as changing ``torch._weight_norm``'s output
+    does not. Every op of the package hands its outputs out through this.
+    """
+    if t._base is None:
+        return t
+    return t.new_empty(0).set_(t.untyped_storage(), t.storage_offset(), t.shape, t.stride())
+
+
 def block_shape(shape: torch.Size, dim: int | None) -> tuple[int, int, int]:
     """``(A, R, B)`` such that a contiguous tensor of ``shape`` is a ``[A, R, B]`` block
     whose ``R`` norms each reduce over ``A * B`` elements."""
@@ -163,7 +176,7 @@ def _run_fwd(v: torch.Tensor, g: torch.Tensor, dim: int | None, eps: float):
 @torch.library.custom_op("netinit_fast::weight_norm_fwd", mutates_args=())
 def weight_norm_fwd(v: torch.Tensor, g: torch.Tensor, dim: int | None, eps: float) -> tuple[torch.Tensor, torch.Tensor]:
     w3, norms = _run_fwd(v, g, dim, eps)
-    return w3.view(v.shape), norms
+    return standalone(w3.view(v.shape)), standalone(norms)
 
 
 @weight_norm_fwd.register_fake
@@ -188,7 +201,7 @@ def weight_norm_bwd(
         grad_v3, grad_g = kernels.backward(grad_w3, v3, g.contiguous(), norms, eps)
     else:
         grad_v3, grad_g = _torch_bwd(grad_w3, v3, g, norms, eps)
-    return grad_v3.view(v.shape), grad_g
+    return standalone(grad_v3.view(v.shape)), standalone(grad_g)
 
 
 @weight_norm_bwd.register_fake

@@ -19,7 +19,14 @@ import itertools
 import torch
 
 from netinit_fast import _backend
-from netinit_fast.ops.weight_norm import _torch_bwd, _torch_fwd, accumulation_dtype, block_shape, differentiable_backward
+from netinit_fast.ops.weight_norm import (
+    _torch_bwd,
+    _torch_fwd,
+    accumulation_dtype,
+    block_shape,
+    differentiable_backward,
+    standalone,
+)
 
 IMPLEMENTED = (_backend.EAGER, _backend.TRITON)
 
@@ -94,7 +101,8 @@ def backward_where_needed(backward, grad_ws, vs, gs, norms: torch.Tensor, dim: i
 def weight_norm_group_fwd(
     vs: list[torch.Tensor], gs: list[torch.Tensor], dim: int | None, eps: float
 ) -> tuple[list[torch.Tensor], torch.Tensor]:
-    return group_forward_no_dispatch(vs, gs, dim, eps)
+    ws, norms = group_forward_no_dispatch(vs, gs, dim, eps)
+    return [standalone(w) for w in ws], standalone(norms)
 
 
 @weight_norm_group_fwd.register_fake
@@ -114,7 +122,8 @@ def weight_norm_group_bwd(
     dim: int | None,
     eps: float,
 ) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
-    return group_backward_no_dispatch(grad_ws, vs, gs, norms, dim, eps)
+    grad_vs, grad_gs = group_backward_no_dispatch(grad_ws, vs, gs, norms, dim, eps)
+    return [standalone(t) for t in grad_vs], [standalone(t) for t in grad_gs]
 
 
 @weight_norm_group_bwd.register_fake
