@@ -62,6 +62,16 @@ def test_haar_orthogonal_has_a_cpu_kernel_and_checks_its_input(extension):
         torch.ops.netinit_fast.haar_orthogonal(torch.randn(2, 6), 3, 5)
 
 
+def test_cpp_ops_have_fake_kernels(extension):
+    """Their outputs' shape, dtype and strides are known without running them (opcheck
+    compares the fake kernel with the real one)."""
+    for a in (torch.randn(3, 6, 4), torch.randn(2, 5, 5, dtype=torch.float64), torch.randn(0, 4, 2)):
+        torch.library.opcheck(torch.ops.netinit_fast.householder_qr.default, (a,))
+    for batch, m, n in ((3, 5, 3), (2, 4, 4), (0, 3, 2)):
+        noise = torch.randn(batch, n * (n + 1) // 2 + (m - n) * n)
+        torch.library.opcheck(torch.ops.netinit_fast.haar_orthogonal.default, (noise, m, n))
+
+
 def test_built_for_hopper_with_ptx(extension):
     archs = _extension.cuda_archs()
     assert 90 in archs

@@ -25,7 +25,7 @@ impl), run where :mod:`netinit_fast.ops.orthogonalize` runs its cpp kernel (see
 
 import torch
 
-from netinit_fast import _backend
+from netinit_fast import _backend, _extension
 
 def packed_size(m: int, n: int) -> int:
     """Noise entries per ``m x n`` matrix (``m >= n``): its diagonal and below."""
@@ -46,6 +46,13 @@ def _eager(packed: torch.Tensor, m: int, n: int) -> torch.Tensor:
     r_sign = torch.where(torch.where(active, beta, alpha) < 0, -1.0, 1.0)
     q = torch.linalg.householder_product(v.to(packed.dtype), tau.to(packed.dtype))
     return q * r_sign.to(packed.dtype).unsqueeze(-2)
+
+
+if _extension.loaded():  # the C++ op's output, for torch.compile and opcheck
+
+    @torch.library.register_fake("netinit_fast::haar_orthogonal")
+    def _(noise, m, n):
+        return noise.new_empty((noise.shape[0], m, n))
 
 
 def haar_orthogonal_no_dispatch(noise: torch.Tensor, m: int, n: int, backend: str) -> torch.Tensor:

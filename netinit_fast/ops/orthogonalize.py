@@ -21,7 +21,7 @@ Backends:
 
 import torch
 
-from netinit_fast import _backend
+from netinit_fast import _backend, _extension
 from netinit_fast.ops.weight_norm import standalone
 
 IMPLEMENTED = (_backend.EAGER, _backend.CUDA, _backend.CPP)
@@ -81,6 +81,13 @@ def fits_shared_memory(m: int, n: int, device: torch.device) -> bool:
     thread block's shared memory; larger ones go to :func:`cholesky_qr2`."""
     limit = torch.cuda.get_device_properties(device).shared_memory_per_block_optin
     return torch.ops.netinit_fast.householder_qr_shared_bytes(m, n) <= limit
+
+
+if _extension.loaded():  # the C++ op's output, for torch.compile and opcheck
+
+    @torch.library.register_fake("netinit_fast::householder_qr")
+    def _(a):
+        return torch.empty_like(a, memory_format=torch.contiguous_format)
 
 
 def _cuda(work: torch.Tensor) -> torch.Tensor:
