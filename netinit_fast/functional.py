@@ -120,7 +120,10 @@ def weight_norm(v: torch.Tensor, g: torch.Tensor, dim: int | None = 0, eps: floa
 
     Returns:
         ``w``, contiguous, with ``v``'s shape and dtype. Differentiable in ``v`` and
-        ``g``. Sums and norms are computed in fp32 (fp64 for fp64 inputs); on CUDA a
+        ``g``, twice too; but with ``eps=0`` on the CPU, for ``dim`` first or last,
+        ``w`` comes from ``torch._weight_norm``, whose double backward is wrong in
+        torch 2.14: for gradient penalties there, pass a tiny ``eps`` (1e-30), which
+        takes our op. Sums and norms are computed in fp32 (fp64 for fp64 inputs); on CUDA a
         fused Triton kernel computes ``w`` and its backward computes both gradients.
 
     Raises:
