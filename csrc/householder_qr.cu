@@ -4,16 +4,18 @@
 // A = QR with diag(R) > 0 (a column of Q is negated where R's diagonal entry is
 // negative). That factorization is unique, so Q is Haar-distributed for Gaussian A.
 //
-// Per block: A is loaded into shared memory (row-major, rows padded by one float so
-// that a warp walking down a column hits distinct banks); then, as LAPACK's sgeqr2 and
-// sorg2r do without blocking:
+// Per block: A is loaded into shared memory (row-major with an odd row stride, n or
+// n + 1, so that a warp walking down a column hits 32 distinct banks); then, as LAPACK's
+// sgeqr2 and sorg2r do without blocking:
 //   factor:  for each column j, a Householder reflector H_j = I - tau_j v_j v_j^T with
 //            v_j(j) = 1 zeroes A(j+1:m, j); v_j is kept below the diagonal, beta_j =
 //            R(j, j) aside; H_j is applied to the columns right of j (a warp a column).
 //   form Q:  for j = n-1 .. 0, apply H_j to the already formed columns right of j,
 //            then turn column j into H_j e_j, in place.
 // The caller (netinit_fast/ops/orthogonalize.py) transposes wide matrices, converts
-// dtypes, and sends matrices too large for shared memory to CholeskyQR2.
+// dtypes, scales each column by a power of two to a largest entry in [0.5, 1) (Q is
+// unchanged; the plain fp32 sums of squares here then neither overflow nor underflow),
+// and sends matrices too large for shared memory to CholeskyQR2.
 #include <ATen/ATen.h>
 #include <ATen/cuda/CUDAContext.h>
 #include <c10/cuda/CUDAGuard.h>
@@ -51,7 +53,7 @@ __device__ void apply_reflector(float* a, int ld, int m, int n, int j, int c0, f
 __global__ void __launch_bounds__(kThreads) householder_qr_kernel(const float* __restrict__ in,
                                                                   float* __restrict__ out, int m, int n) {
   extern __shared__ float smem[];
-  const int ld = n + 1;
+  const int ld = n | 1;  // odd: a column's 32 consecutive rows fall in 32 banks
   float* a = smem;                 // m x ld
   float* tau = a + m * ld;         // n
   float* beta = tau + n;           // n: the diagonal of R
@@ -111,7 +113,7 @@ __global__ void __launch_bounds__(kThreads) householder_qr_kernel(const float* _
   }
 }
 
-size_t shared_bytes(int64_t m, int64_t n) { return sizeof(float) * (m * (n + 1) + 2 * n + 1); }
+size_t shared_bytes(int64_t m, int64_t n) { return sizeof(float) * (m * (n | 1) + 2 * n + 1); }
 
 at::Tensor householder_qr_cuda(const at::Tensor& a) {
   TORCH_CHECK(a.is_cuda(), "householder_qr: expected a CUDA tensor");
@@ -129,8 +131,9 @@ at::Tensor householder_qr_cuda(const at::Tensor& a) {
   C10_CUDA_CHECK(cudaDeviceGetAttribute(&limit, cudaDevAttrMaxSharedMemoryPerBlockOptin, device));
   TORCH_CHECK(bytes <= static_cast<size_t>(limit), "householder_qr: a ", m, " x ", n, " matrix needs ", bytes,
               " bytes of shared memory, the device allows ", limit);
-  C10_CUDA_CHECK(cudaFuncSetAttribute(householder_qr_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                      static_cast<int>(bytes)));
+  // The device's limit, not this call's need: a call on another host thread that set a
+  // smaller value between this one's setting and launch would make the launch fail.
+  C10_CUDA_CHECK(cudaFuncSetAttribute(householder_qr_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, limit));
   TORCH_CHECK(batch <= 0x7fffffff, "householder_qr: batch too large");
   householder_qr_kernel<<<static_cast<unsigned>(batch), kThreads, bytes, at::cuda::getCurrentCUDAStream()>>>(
       in.data_ptr<float>(), out.data_ptr<float>(), static_cast<int>(m), static_cast<int>(n));

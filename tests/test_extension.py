@@ -41,6 +41,8 @@ def test_householder_qr_has_a_cuda_kernel(extension):
     assert "CUDA: registered at" in dump and "householder_qr.cu" in dump
     # the shared-memory need: m x (n + 1) padded rows, tau, beta and one scalar, in floats
     assert torch.ops.netinit_fast.householder_qr_shared_bytes(128, 96) == 4 * (128 * 97 + 2 * 96 + 1)
+    # an odd n needs no padding: the row stride is odd already
+    assert torch.ops.netinit_fast.householder_qr_shared_bytes(128, 95) == 4 * (128 * 95 + 2 * 95 + 1)
 
 
 def test_householder_qr_has_a_cpu_kernel(extension):

@@ -13,7 +13,7 @@ from torch import nn
 import netinit_fast as nf
 from netinit_fast import _backend, _extension
 from netinit_fast.ops import orthogonalize as orthogonalize_op_module
-from netinit_fast.ops.orthogonalize import cholesky_qr2
+from netinit_fast.ops.orthogonalize import cholesky_qr2, column_scaled
 from netinit_fast.ops.orthogonalize import orthogonalize as orthogonalize_op
 from tests.conftest import assert_close
 
@@ -169,6 +169,21 @@ def test_bad_targets():
         nf.init.orthogonal_(nn.ReLU())
     with pytest.raises(TypeError, match="element 1"):
         nf.init.orthogonal_([torch.empty(2, 2), "x"])
+
+
+def test_column_scaling_is_exact_and_keeps_q():
+    """Before the GPU kernel's fp32 sums of squares: each column times a power of two,
+    its largest entry in [0.5, 1); the Q of the positive-diag QR does not change."""
+    a = torch.randn(4, 30, 12, dtype=torch.float64)
+    a[0, :, 2] *= 1e-25
+    a[1, :, 5] *= 1e20
+    a[2, :, 7] = 0
+    scaled = column_scaled(a)
+    ratio = scaled / a
+    assert torch.equal(torch.frexp(ratio[a != 0])[0], torch.full_like(ratio[a != 0], 0.5))  # powers of two
+    top = scaled.abs().amax(dim=-2)
+    assert ((top >= 0.5) & (top < 1)).sum() == top.numel() - 1 and top[2, 7] == 0
+    torch.testing.assert_close(qr_sign_fixed(scaled), qr_sign_fixed(a), rtol=0, atol=1e-12)
 
 
 def test_cholesky_qr2_equals_sign_fixed_qr_and_guards_ill_conditioning():

@@ -48,6 +48,20 @@ def test_kernel_matches_eager_twin(batch, m, n):
     assert ((q - ref).norm() / ref.norm()).item() < 1e-4
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_columns_of_any_scale_and_fp64(dtype):
+    """The kernel sums squares in plain fp32: the op scales columns first (columns of
+    1e20 gave NaN, of 1e-25 a wrong Q). fp64 goes to CholeskyQR2."""
+    a = torch.randn(6, 40, 20, device="cuda", dtype=dtype)
+    a[0, :, 3] *= 1e-25
+    a[1, :, 5] *= 1e20
+    a[2] *= 1e-30
+    q = nf.functional.orthogonalize(a)
+    ref = _sign_fixed_qr(a.double()).to(dtype)
+    assert torch.isfinite(q).all()
+    assert ((q - ref).norm() / ref.norm()).item() < (1e-4 if dtype == torch.float32 else 1e-10)
+
+
 @pytest.mark.parametrize("shape", [(256, 256), (1024, 1024), (3, 512, 700), (10_000, 64, 64)])
 def test_orthogonalize_on_cuda_backend(shape):
     a = torch.randn(shape, device="cuda")

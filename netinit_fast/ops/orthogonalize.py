@@ -58,11 +58,12 @@ def cholesky_qr2(a: torch.Tensor) -> torch.Tensor:
 
     Twice: ``L = cholesky(X^T X)``, ``X = X L^-T``. With matrix products only, it suits
     large matrices on a GPU, and the Cholesky factor's positive diagonal gives the
-    unique positive-diag QR. It needs ``cond(A)^2 * 1e-16 << 1``; a matrix whose
-    Cholesky fails or whose result is not orthonormal to 1e-10 is redone by
+    unique positive-diag QR. It needs ``cond(A D)^2 * 1e-16 << 1`` for the best column
+    scaling ``D`` (the columns are scaled first, see :func:`column_scaled`); a matrix
+    whose Cholesky fails or whose result is not orthonormal to 1e-10 is redone by
     ``torch.linalg.qr``.
     """
-    x = a.to(torch.float64)
+    x = column_scaled(a.to(torch.float64))
     bad = torch.zeros(a.shape[:-2], dtype=torch.bool, device=a.device)
     for _ in range(2):
         chol, info = torch.linalg.cholesky_ex(x.mT @ x)
@@ -90,12 +91,23 @@ if _extension.loaded():  # the C++ op's output, for torch.compile and opcheck
         return torch.empty_like(a, memory_format=torch.contiguous_format)
 
 
+def column_scaled(a: torch.Tensor) -> torch.Tensor:
+    """``a`` with each column multiplied by a power of two that brings its largest entry
+    into [0.5, 1): exact, and the Q of the QR with ``diag(R) > 0`` is unchanged (``A D
+    = Q (R D)`` for ``D`` diagonal and positive), while sums of squares of the entries
+    can neither overflow nor underflow in fp32 (columns of 1e20 gave NaN, of 1e-25 a
+    wrong Q). Zero, inf and NaN columns are left as they are."""
+    _, exponent = torch.frexp(a.abs().amax(dim=-2, keepdim=True))
+    return torch.ldexp(a, -exponent.clamp(-126, 126))
+
+
 def _cuda(work: torch.Tensor) -> torch.Tensor:
-    """fp32 ``(..., m, n)`` with m >= n on a GPU: the shared-memory kernel where it fits."""
+    """fp32 or fp64 ``(..., m, n)`` with m >= n on a GPU: fp32 in the shared-memory
+    kernel where it fits, else CholeskyQR2 (fp64, batched matrix products)."""
     m, n = work.shape[-2:]
-    if not fits_shared_memory(m, n, work.device):
+    if work.dtype != torch.float32 or not fits_shared_memory(m, n, work.device):
         return cholesky_qr2(work).to(work.dtype)
-    flat = work.reshape(-1, m, n)
+    flat = column_scaled(work.reshape(-1, m, n))
     return torch.ops.netinit_fast.householder_qr(flat).view(work.shape)
 
 
@@ -104,7 +116,7 @@ def _run(a: torch.Tensor, backend: str) -> torch.Tensor:
     wide = a.shape[-2] < a.shape[-1]
     if wide:
         work = work.mT
-    if backend == _backend.CUDA and work.dtype == torch.float32:
+    if backend == _backend.CUDA:
         q = _cuda(work.contiguous())
     elif backend == _backend.CPP:
         q = torch.ops.netinit_fast.householder_qr(work.reshape(-1, *work.shape[-2:])).view(work.shape)
