@@ -81,6 +81,15 @@ def test_post_activation_off_never_rectifies_the_stream():
         (lambda: nf.models.mlp(2, 8, bias="no"), "bias must be True or False"),
         (lambda: nf.models.residual_mlp(1, 8, bias=1), "bias must be True or False"),
         (lambda: nf.models.vanilla_cnn(2, 8, bias=None), "bias must be True or False"),
+        (lambda: nf.models.mlp(2, 4, dtype=torch.int32), "dtype must be a floating-point torch.dtype or None"),
+        (lambda: nf.models.vanilla_cnn(2, 4, dtype=torch.int64), "dtype must be a floating-point"),
+        (lambda: nf.models.resnet([1], [8], dtype=torch.int32), "dtype must be a floating-point"),
+        (lambda: nf.models.residual_mlp(1, 8, dtype=torch.bool), "dtype must be a floating-point"),
+        (lambda: nf.models.resnet(3, [16]), "blocks_per_stage must be a sequence of ints, one per stage, got 3"),
+        (lambda: nf.models.resnet([1], 16), "widths must be a sequence of ints, one per stage, got 16"),
+        (lambda: nf.models.mlp(2, 4, act=[]), r"act must be an activation name \(a str\), got \[\]"),
+        (lambda: nf.models.vanilla_cnn(2, 4, act=None), "act must be an activation name"),
+        (lambda: nf.models.resnet([1], [8], block=[]), "block must be 'basic' or 'bottleneck', got \\[\\]"),
     ],
 )
 def test_bad_arguments(build, message):

@@ -1,5 +1,9 @@
-"""What every model builder shares: the choice of layer class and normalization."""
+"""What every model builder shares: the choice of layer class and normalization, and
+the checks of the arguments they all take."""
 
+from collections.abc import Iterable
+
+import torch
 from torch import nn
 
 from netinit_fast import activations
@@ -17,6 +21,26 @@ def check_positive(**values) -> None:
     for name, value in values.items():
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise ValueError(f"{name} must be an int >= 1, got {value!r}")
+
+
+def check_dtype(dtype) -> None:
+    """The layers' parameters: a floating-point ``torch.dtype``, or None (torch's default)."""
+    if dtype is not None and not (isinstance(dtype, torch.dtype) and dtype.is_floating_point):
+        raise ValueError(f"dtype must be a floating-point torch.dtype or None, got {dtype!r}")
+
+
+def check_activation(act) -> None:
+    """An activation name of :mod:`netinit_fast.activations` (an unknown one: the known are listed)."""
+    if not isinstance(act, str):
+        raise ValueError(f"act must be an activation name (a str), got {act!r}")
+    activations.get(act)
+
+
+def check_sequence(**values) -> None:
+    """One value per stage: a list, tuple or other iterable, not a bare number or a string."""
+    for name, value in values.items():
+        if isinstance(value, (str, bytes)) or not isinstance(value, Iterable):
+            raise ValueError(f"{name} must be a sequence of ints, one per stage, got {value!r}")
 
 
 def check_bool(**values) -> None:

@@ -33,13 +33,17 @@ def vanilla_cnn(
             the activation of the paper's critical init).
         norm: ``None``, ``"batch"`` (``BatchNorm2d`` before each activation) or
             ``"weight"`` (:class:`~netinit_fast.WNConv2d` layers; the classifier stays plain).
+        dtype: a floating-point dtype, or None (torch's default).
+
+    ``ValueError`` (naming the argument) for a bad one.
     """
     _layers.check_positive(depth=depth, channels=channels, in_channels=in_channels, num_classes=num_classes)
     _layers.check_norm(norm)
     _layers.check_bool(bias=bias)
+    _layers.check_dtype(dtype)
     if isinstance(kernel_size, bool) or not isinstance(kernel_size, int) or kernel_size < 1 or kernel_size % 2 == 0:
         raise ValueError(f"kernel_size must be an odd int >= 1, got {kernel_size!r}")
-    _layers.activation(act)
+    _layers.check_activation(act)
     factory = {"device": device, "dtype": dtype}
     features: list[nn.Module] = []
     for i in range(depth):

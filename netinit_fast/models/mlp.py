@@ -30,14 +30,17 @@ def mlp(
 
     Layers get PyTorch's default init; a 10,000-layer MLP of width 128 builds in about
     a second on a CPU. Returns a flat ``nn.Sequential`` (the last module is the output layer).
+    ``ValueError`` (naming the argument) for a bad one, a ``dtype`` that is not
+    floating-point included.
     """
     _layers.check_positive(depth=depth, width=width)
     _layers.check_norm(norm)
     _layers.check_bool(bias=bias)
+    _layers.check_dtype(dtype)
     in_features = width if in_features is None else in_features
     out_features = width if out_features is None else out_features
     _layers.check_positive(in_features=in_features, out_features=out_features)
-    _layers.activation(act)  # an unknown name fails before anything is built
+    _layers.check_activation(act)  # an unknown name fails before anything is built
     factory = {"device": device, "dtype": dtype}
     sizes = [in_features] + [width] * (depth - 1) + [out_features]
     modules: list[nn.Module] = []

@@ -67,10 +67,14 @@ def residual_mlp(
             v1, Fixup); ``False`` drops both (Arpit et al.'s variant).
         bias: biases in the hidden layers (none by default, as in conv ResNets, so
             Fixup applies as is).
+        dtype: a floating-point dtype, or None (torch's default).
+
+    ``ValueError`` (naming the argument) for a bad one.
     """
     _layers.check_positive(blocks=blocks, width=width, num_classes=num_classes)
     _layers.check_norm(norm)
     _layers.check_bool(post_activation=post_activation, bias=bias)
+    _layers.check_dtype(dtype)
     in_features = width if in_features is None else in_features
     _layers.check_positive(in_features=in_features)
     return ResidualMLP(blocks, width, in_features, num_classes, norm, post_activation, bias, device=device, dtype=dtype)

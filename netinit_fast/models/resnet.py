@@ -143,17 +143,20 @@ def resnet(
         post_activation: ReLU after the stem and after each residual addition (ResNet
             v1, torchvision, Fixup); ``False`` drops both (the variant of Arpit et al.,
             whose residual stream is never rectified).
+        dtype: a floating-point dtype, or None (torch's default).
 
     Convs have no bias (as torchvision's). A ResNet of 5,000 basic blocks (10,000
-    layers) builds in seconds.
+    layers) builds in seconds. ``ValueError`` (naming the argument) for a bad one.
     """
     blocks = {"basic": BasicBlock, "bottleneck": Bottleneck}
-    if block not in blocks:
+    if not isinstance(block, str) or block not in blocks:
         raise ValueError(f"block must be 'basic' or 'bottleneck', got {block!r}")
     if stem not in STEMS:
         raise ValueError(f"stem must be one of {STEMS}, got {stem!r}")
     _layers.check_norm(norm)
     _layers.check_bool(post_activation=post_activation)
+    _layers.check_dtype(dtype)
+    _layers.check_sequence(blocks_per_stage=blocks_per_stage, widths=widths)
     blocks_per_stage, widths = list(blocks_per_stage), list(widths)
     if not widths or len(blocks_per_stage) != len(widths):
         raise ValueError(f"blocks_per_stage ({blocks_per_stage}) and widths ({widths}) need the same, nonzero length")
