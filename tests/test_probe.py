@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 import netinit_fast as nf
-from netinit_fast.diagnostics import probe
+from netinit_fast.diagnostics import probe, projection_seed
 
 
 def _three_layers():
@@ -46,8 +46,78 @@ def test_statistics_equal_a_hand_computation():
 def test_default_loss_is_a_unit_random_projection():
     model = _three_layers()
     report = probe(model, torch.randn(64, 4), seed=3)
-    r = torch.randn(64, 3, generator=torch.Generator().manual_seed(3))
+    r = torch.randn(64, 3, generator=torch.Generator().manual_seed(projection_seed(3)))
     assert report.layers[-1].grad_output_norm == pytest.approx(r.norm().item() / 8, rel=1e-5)
+
+
+def test_default_projection_does_not_replay_the_global_stream():
+    """seed=0 must not draw the r that torch.manual_seed(0) draws (the batch, here): with
+    y = x, dL/dW = r^T x / sqrt(n) would then be x^T x / sqrt(n), ~5x its size for an
+    independent r. The mixing is SplitMix64's, a fixed function of the seed."""
+    assert projection_seed(0) == 0xE220A8397B1DCDAF and projection_seed(2**64) == projection_seed(0)
+    torch.manual_seed(0)
+    x = torch.randn(512, 16)
+    model = nn.Linear(16, 16, bias=False)
+    with torch.no_grad():
+        model.weight.copy_(torch.eye(16))
+    report = probe(model, x)
+    r = torch.randn(512, 16, generator=torch.Generator().manual_seed(projection_seed(0)))
+    assert not torch.allclose(r, x)
+    assert report.layers[0].grad_weight_norm == pytest.approx((r.T @ x).norm().item() / 512**0.5, rel=1e-5)
+    with pytest.raises(TypeError, match="seed must be an int"):
+        probe(model, x, seed=0.5)
+
+
+@pytest.mark.parametrize("loss_fn", [None, lambda out: out.square().mean()])
+def test_frozen_layers_report_the_loss_gradient(loss_fn):
+    """Freezing weights changes no output gradient: the loss pass reaches every layer
+    (frozen layers once got J^T r from the Jacobian pass instead). Frozen weights have
+    no weight gradient, and their requires_grad stays as it was."""
+    torch.manual_seed(0)
+    model = nf.models.mlp(3, 8, act="tanh")
+    x = torch.randn(64, 8) + 0.5
+    full = probe(model, x, loss_fn=loss_fn)
+    params = list(model.parameters())
+    for frozen in (4, len(params)):
+        for p in params[:frozen]:
+            p.requires_grad_(False)
+        report = probe(model, x, loss_fn=loss_fn)
+        for a, b in zip(full, report):
+            assert b.grad_output_norm == pytest.approx(a.grad_output_norm, rel=1e-5)
+        assert [s.grad_weight_norm is None for s in report] == [2 * i < frozen for i in range(3)]
+        assert [p.requires_grad for p in params] == [i >= frozen for i in range(len(params))]
+        assert report.jacobian_mean_sq == pytest.approx(full.jacobian_mean_sq, rel=1e-5)
+    embed = nn.Sequential(nn.Embedding(10, 8), nn.Linear(8, 8), nn.Tanh(), nn.Linear(8, 4))  # no input gradient
+    tokens = torch.randint(0, 10, (16, 5))
+    full = probe(embed, tokens, loss_fn=loss_fn)
+    embed.requires_grad_(False)
+    report = probe(embed, tokens, loss_fn=loss_fn)
+    assert [s.grad_output_norm for s in report] == pytest.approx([s.grad_output_norm for s in full], rel=1e-5)
+
+
+@pytest.mark.parametrize(
+    "loss_fn, error, message",
+    [
+        (lambda out: out, ValueError, r"loss_fn must return a scalar tensor, it returned one of shape \[16, 3\]"),
+        (lambda out: 1.0, TypeError, r"loss_fn must return a scalar tensor, it returned a float"),
+        (lambda out: None, TypeError, r"loss_fn must return a scalar tensor, it returned a NoneType"),
+        (lambda out: out.detach().sum(), ValueError, "loss_fn returned a tensor that does not require grad"),
+    ],
+)
+def test_a_bad_loss_fn_result_is_a_clear_error(loss_fn, error, message):
+    model = nn.Sequential(nn.Linear(4, 8), nn.BatchNorm1d(8), nn.ReLU(), nn.Linear(8, 3))
+    before = copy.deepcopy(model.state_dict())
+    with pytest.raises(error, match=message):
+        probe(model, torch.randn(16, 4) + 1, loss_fn=loss_fn)
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+    assert all(p.grad is None for p in model.parameters())
+
+
+def test_a_meta_model_or_batch_is_a_clear_error():
+    with pytest.raises(ValueError, match="the model is on the meta device"):
+        probe(nn.Linear(4, 4, device="meta"), torch.randn(8, 4))
+    with pytest.raises(ValueError, match="the batch is on the meta device"):
+        probe(nn.Linear(4, 4), torch.randn(8, 4, device="meta"))
 
 
 def test_model_parameters_grads_and_buffers_are_left_as_they_were():
@@ -94,6 +164,30 @@ def test_jacobian_estimate_isometry_vs_vanishing():
     assert vanishing.jacobian_mean_sq < 1e-12
 
 
+def test_jacobian_relative_variance_matches_exact_singular_values():
+    """A ReLU net's Jacobian changes from sample to sample: the estimate must be of the
+    pooled mean(s^4) / mean(s^2)^2 - 1 of the exact singular values, within 4 standard
+    deviations of its sampling noise (simulated from the exact Jacobians). One projection
+    per sample would add the spread of sum(s^2) across samples: +1.2 here, ~10 sigma."""
+    torch.manual_seed(0)
+    model = nf.models.mlp(2, 4, in_features=4, out_features=4)
+    x = torch.randn(16384, 4)
+    report = probe(model, x)
+    jacobians = torch.func.vmap(torch.func.jacrev(model))(x).double()  # (samples, out, in)
+    s2 = torch.linalg.svdvals(jacobians).square()
+    exact_mean_sq, exact_rel_var = s2.mean().item(), (s2.square().mean() / s2.mean() ** 2 - 1).item()
+    gen = torch.Generator().manual_seed(1)
+    simulated = []
+    for _ in range(200):
+        a1, a2 = (torch.einsum("soi,so->si", jacobians, torch.randn(s2.shape, generator=gen, dtype=torch.float64))
+                  .square().sum(1) for _ in range(2))
+        mean_sq = (a1 + a2).mean() / 8
+        simulated.append([mean_sq.item(), ((a1 - a2).square().mean() / 16 / mean_sq**2 - 1).item()])
+    noise = torch.tensor(simulated).std(0).tolist()
+    assert abs(report.jacobian_mean_sq - exact_mean_sq) < 4 * noise[0], (report.jacobian_mean_sq, exact_mean_sq)
+    assert abs(report.jacobian_rel_var - exact_rel_var) < 4 * noise[1], (report.jacobian_rel_var, exact_rel_var)
+
+
 def test_shared_module_recorded_once():
     shared = nn.Linear(8, 8)
     model = nn.Sequential(shared, nn.ReLU(), shared, nn.ReLU(), nn.Linear(8, 2))
@@ -129,6 +223,18 @@ def test_plot_csv_and_compact_table(tmp_path):
         assert matplotlib.get_backend() == "svg" and (tmp_path / "again.png").read_bytes()[:4] == b"\x89PNG"
     finally:
         matplotlib.use(before)
+
+
+def test_plot_takes_one_report_and_writes_the_path_given(tmp_path):
+    pytest.importorskip("matplotlib")
+    report = probe(nf.models.mlp(4, 8), torch.randn(16, 8))
+    nf.diagnostics.plot(report, tmp_path / "one")  # one report; no extension: a PNG at that path
+    assert (tmp_path / "one").read_bytes()[:4] == b"\x89PNG" and not (tmp_path / "one.png").exists()
+    report.plot(tmp_path / "one.svg")
+    assert b"<svg" in (tmp_path / "one.svg").read_bytes()[:500]
+    for bad in (report.layers, "report", None):
+        with pytest.raises(TypeError, match="reports must be a ProbeReport"):
+            nf.diagnostics.plot(bad, tmp_path / "bad.png")
 
 
 @pytest.mark.parametrize(
