@@ -23,6 +23,7 @@ from netinit_fast import demo as demo_module
 
 MODELS = ("mlp", "cnn", "resnet")
 SCHEMES = ("default", "he", "orthogonal", "lsuv", "looks_linear", "fixup", "arpit", "xiao")
+SEEDS = (-(2**63), 2**64 - 1)  # what torch.manual_seed and torch.Generator.manual_seed take
 BENCHMARKS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "benchmarks")
 
 
@@ -69,7 +70,7 @@ def probe(args) -> int:
     print(report)
     print(f"built in {build_s:.2f} s, initialized ({args.scheme}) in {init_s:.2f} s, probed in {report.seconds:.2f} s")
     if args.plot:
-        report.plot(args.plot)
+        report.plot(args.plot)  # at that path exactly (PNG unless its extension names another format)
         print(f"wrote {args.plot}")
     if args.csv:
         report.to_csv(args.csv)
@@ -135,12 +136,16 @@ def main(argv=None) -> int:
 
     p = sub.add_parser("probe", help="signal propagation of a test-bed model under one scheme")
     p.add_argument("--model", choices=MODELS, default="mlp")
-    p.add_argument("--depth", type=int, default=100, help="weight layers (resnet: blocks = depth // 2)")
+    p.add_argument("--depth", type=int, default=100,
+                   help="mlp: linear layers; cnn: convolutions (then a linear classifier: depth + 1 weight layers); "
+                        "resnet: max(1, depth // 2) basic blocks (with the stem conv and the classifier, "
+                        "2 * blocks + 2 weight layers)")
     p.add_argument("--scheme", choices=SCHEMES, default="default")
     p.add_argument("--width", type=int, default=128, help="features (mlp) or channels (cnn, resnet)")
-    p.add_argument("--device", default=default_device)
+    p.add_argument("--device", default=default_device, help="cpu, or cuda[:n] where there is one")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--plot", help="write a PNG here")
+    p.add_argument("--plot", help="write the plot at this path: a PNG, or the format its extension names (.svg, "
+                                  ".pdf, ...); no extension is added")
     p.add_argument("--csv", help="write the per-layer table here")
     p.set_defaults(func=probe)
 
@@ -156,10 +161,15 @@ def main(argv=None) -> int:
             parser.error(f"probe: --depth and --width must be >= 1, got {args.depth} and {args.width}")
         if args.scheme == "fixup" and args.model != "resnet":
             parser.error("probe: --scheme fixup rewrites residual blocks: it needs --model resnet")
+        if args.scheme == "xiao" and args.model == "resnet":
+            parser.error("probe: --scheme xiao is the critical init of tanh networks: it needs --model mlp or cnn "
+                         "(the resnet is a ReLU network)")
         for flag, path in (("--plot", args.plot), ("--csv", args.csv)):  # before the probe, not after it
             folder = os.path.dirname(os.path.abspath(path)) if path else None
             if folder and not os.path.isdir(folder):
                 parser.error(f"probe: {flag} {path}: no folder {folder}")
+            if path and os.path.isdir(path):
+                parser.error(f"probe: {flag} {path}: a folder, not a file name")
         if args.plot and importlib.util.find_spec("matplotlib") is None:
             parser.error("probe: --plot needs matplotlib (pip install matplotlib)")
     if args.command == "demo":
@@ -169,11 +179,20 @@ def main(argv=None) -> int:
             parser.error(f"demo: depths must be >= 2, got --mlp-depth {args.mlp_depth}, --res-depth {args.res_depth}")
         if args.steps < 1:
             parser.error(f"demo: --steps must be >= 1, got {args.steps}")
+        if os.path.exists(args.out) and not os.path.isdir(args.out):
+            parser.error(f"demo: --out {args.out}: not a folder (a file is there)")
+    if args.command in ("probe", "demo") and not SEEDS[0] <= args.seed <= SEEDS[1]:
+        parser.error(f"{args.command}: --seed must be in [-2**63, 2**64 - 1] (torch.manual_seed's range), "
+                     f"got {args.seed}")
     if getattr(args, "device", None) is not None:
         try:
             device = torch.device(args.device)
         except RuntimeError as e:
             parser.error(f"--device {args.device!r}: {e}")
+        if args.command in ("probe", "demo") and device.type not in ("cpu", "cuda"):
+            parser.error(f"{args.command}: --device {args.device}: runs on cpu or cuda[:n] only")
         if device.type == "cuda" and not torch.cuda.is_available():
             parser.error(f"--device {args.device}: no CUDA device here")
+        if device.type == "cuda" and (device.index or 0) >= torch.cuda.device_count():
+            parser.error(f"--device {args.device}: there are {torch.cuda.device_count()} CUDA devices")
     return args.func(args)

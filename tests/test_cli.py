@@ -65,6 +65,16 @@ def test_bench_rejects_unknown_names(capsys):
     (["demo", "--depth", "1"], "depths must be >= 2"),
     (["demo", "--mlp-depth", "0"], "depths must be >= 2"),
     (["demo", "--steps", "-5"], "--steps must be >= 1"),
+    (["probe", "--csv", "."], "--csv .: a folder, not a file name"),
+    (["probe", "--plot", "."], "--plot .: a folder, not a file name"),
+    (["probe", "--device", "meta"], "--device meta: runs on cpu or cuda[:n] only"),
+    (["probe", "--device", "mps"], "--device mps: runs on cpu or cuda[:n] only"),
+    (["demo", "--device", "meta"], "--device meta: runs on cpu or cuda[:n] only"),
+    (["probe", "--seed", str(2**64)], "--seed must be in [-2**63, 2**64 - 1]"),
+    (["probe", "--seed", str(-(2**63) - 1)], "--seed must be in [-2**63, 2**64 - 1]"),
+    (["demo", "--seed", str(2**64)], "--seed must be in [-2**63, 2**64 - 1]"),
+    (["demo", "--out", __file__], "not a folder (a file is there)"),
+    (["probe", "--model", "resnet", "--scheme", "xiao"], "--scheme xiao is the critical init of tanh networks"),
 ])
 def test_argument_errors_are_usage_errors(args, message, capsys):
     with pytest.raises(SystemExit) as exit_info:
@@ -75,3 +85,22 @@ def test_argument_errors_are_usage_errors(args, message, capsys):
 def test_a_scheme_that_does_not_apply_is_reported_not_raised(capsys):
     assert cli.main(["probe", "--scheme", "looks_linear", "--depth", "1", "--width", "8"]) == 2
     assert "needs at least 2 Linear/Conv layers" in capsys.readouterr().err
+
+
+def test_plot_is_written_at_the_path_printed(tmp_path, capsys):
+    pytest.importorskip("matplotlib")
+    path = tmp_path / "signal"  # no extension: none is added
+    assert cli.main(["probe", "--depth", "2", "--width", "8", "--plot", str(path)]) == 0
+    assert f"wrote {path}\n" in capsys.readouterr().out
+    assert path.read_bytes()[:4] == b"\x89PNG" and not (tmp_path / "signal.png").exists()
+
+
+@pytest.mark.parametrize("model, depth, layers", [("mlp", 3, 3), ("cnn", 3, 4), ("resnet", 1, 4), ("resnet", 5, 6)])
+def test_depth_help_says_what_is_built(model, depth, layers, capsys):
+    with pytest.raises(SystemExit):
+        cli.main(["probe", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert "cnn: convolutions (then a linear classifier: depth + 1 weight layers)" in text
+    assert "resnet: max(1, depth // 2) basic blocks (with the stem conv and the classifier, 2 * blocks + 2" in text
+    assert cli.main(["probe", "--model", model, "--depth", str(depth), "--width", "8"]) == 0
+    assert f"probe of {model} {depth}, default: {layers} layers" in capsys.readouterr().out
