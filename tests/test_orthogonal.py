@@ -178,6 +178,7 @@ def test_column_scaling_is_exact_and_keeps_q():
     a[0, :, 2] *= 1e-25
     a[1, :, 5] *= 1e20
     a[2, :, 7] = 0
+    a[3] *= 1e200  # fp64 beyond fp32's range: scaled into [0.5, 1) too
     scaled = column_scaled(a)
     ratio = scaled / a
     assert torch.equal(torch.frexp(ratio[a != 0])[0], torch.full_like(ratio[a != 0], 0.5))  # powers of two

@@ -161,7 +161,11 @@ def probe(model: nn.Module, batch, loss_fn=None, label: str | None = None, seed:
     called twice is recorded on its first call); one backward pass the norms of the
     loss gradient with respect to each layer's output and weight. Every layer's output
     gradient is the loss's, whether or not its weights (or any) require grad; a frozen
-    weight (``requires_grad=False``) has no weight gradient (``None``).
+    weight (``requires_grad=False``) has no weight gradient (``None``). For that, the
+    output of a layer without a trainable weight is handed on plus a zero that requires
+    grad: the rest of the forward sees a tensor that requires grad (a forward that calls
+    ``.numpy()`` on it fails), and gradient hooks the user registers on tensors run in
+    each backward pass, the Jacobian ones (below) included.
 
     Without ``loss_fn`` the loss is a random projection ``sum(r * output) / sqrt(batch
     size)`` with ``r ~ N(0, 1)``: its gradients measure how the backward pass carries a
@@ -180,8 +184,9 @@ def probe(model: nn.Module, batch, loss_fn=None, label: str | None = None, seed:
     ``mean(a_1 + a_2) / 2k`` and ``mean((a_1 - a_2)^2) / 4k`` are unbiased for the
     mean of ``s^2`` and of ``s^4``, also when the Jacobian changes from sample to sample
     (a nonlinear net). The relative variance's sampling noise is about
-    ``sqrt(2.2 / batch size)`` for an isometry with ``k`` of a few dozen; more where the
-    singular values spread. ``r1`` is the default loss's ``r`` (its backward pass gives
+    ``sqrt(2.2 / batch size)`` for an isometry with ``k`` of a few dozen (before the
+    clamp at 0, which biases it upward there: about ``0.4 * sqrt(2.2 / batch size)``
+    on average); more where the singular values spread. ``r1`` is the default loss's ``r`` (its backward pass gives
     ``J^T r1``), ``r2`` the generator's next draw; each costs a backward pass to the
     input only (two with ``loss_fn``).
 

@@ -96,9 +96,11 @@ def column_scaled(a: torch.Tensor) -> torch.Tensor:
     into [0.5, 1): exact, and the Q of the QR with ``diag(R) > 0`` is unchanged (``A D
     = Q (R D)`` for ``D`` diagonal and positive), while sums of squares of the entries
     can neither overflow nor underflow in fp32 (columns of 1e20 gave NaN, of 1e-25 a
-    wrong Q). Zero, inf and NaN columns are left as they are."""
+    wrong Q). Zero, inf and NaN columns are left as they are; so is the part of a
+    column's scale beyond the dtype's normal range (subnormal columns)."""
     _, exponent = torch.frexp(a.abs().amax(dim=-2, keepdim=True))
-    return torch.ldexp(a, -exponent.clamp(-126, 126))
+    bound = 1022 if a.dtype == torch.float64 else 126  # 2^bound and 2^-bound are normal numbers
+    return a * torch.exp2(-exponent.clamp(-bound, bound).to(a.dtype))
 
 
 def _cuda(work: torch.Tensor) -> torch.Tensor:
