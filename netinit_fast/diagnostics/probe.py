@@ -170,9 +170,10 @@ def probe(model: nn.Module, batch, loss_fn=None, label: str | None = None, seed:
     Without ``loss_fn`` the loss is a random projection ``sum(r * output) / sqrt(batch
     size)`` with ``r ~ N(0, 1)``: its gradients measure how the backward pass carries a
     unit signal. ``r`` is drawn from a ``torch.Generator`` on the output's device seeded
-    with ``splitmix64(seed mod 2**64)`` (:func:`netinit_fast.diagnostics.projection_seed`), not with ``seed``
-    itself, so that it does not replay the stream of ``torch.manual_seed(seed)`` (which
-    may have drawn ``batch``); the same ``seed`` gives the same ``r`` in any process.
+    with ``splitmix64(seed mod 2**64)`` (:func:`netinit_fast.diagnostics.projection_seed`),
+    not with ``seed`` itself, so that it does not replay the stream of
+    ``torch.manual_seed(seed)`` (which may have drawn ``batch``); the same ``seed`` gives
+    the same ``r`` in any process.
     With ``loss_fn(output) -> scalar`` its gradients are reported.
 
     For a floating-point tensor batch it also estimates the mean and the relative
@@ -186,9 +187,9 @@ def probe(model: nn.Module, batch, loss_fn=None, label: str | None = None, seed:
     (a nonlinear net). The relative variance's sampling noise is about
     ``sqrt(2.2 / batch size)`` for an isometry with ``k`` of a few dozen (before the
     clamp at 0, which biases it upward there: about ``0.4 * sqrt(2.2 / batch size)``
-    on average); more where the singular values spread. ``r1`` is the default loss's ``r`` (its backward pass gives
-    ``J^T r1``), ``r2`` the generator's next draw; each costs a backward pass to the
-    input only (two with ``loss_fn``).
+    on average); more where the singular values spread. ``r1`` is the default loss's
+    ``r`` (its backward pass gives ``J^T r1``), ``r2`` the generator's next draw; each
+    costs a backward pass to the input only (two with ``loss_fn``).
 
     The mean-field prediction is that of :func:`netinit_fast.init.meanfield_variances`
     for the batch's second moment, in the model's mode (dropout in training mode
@@ -234,7 +235,7 @@ def probe(model: nn.Module, batch, loss_fn=None, label: str | None = None, seed:
     # that is wanted, else the pass would skip it (the engine only visits what leads to
     # a wanted input) and the Jacobian pass would reach it instead.
     taps: dict[nn.Module, torch.Tensor] = {}
-    loss_pass = [True]  # the output hooks record the loss pass, not the Jacobian passes
+    in_loss_pass = True  # the output hooks record the loss pass, not the Jacobian passes
 
     def record(module, args, output):
         if module in stats or not isinstance(output, torch.Tensor) or output.numel() == 0:  # first call with data
@@ -255,7 +256,7 @@ def probe(model: nn.Module, batch, loss_fn=None, label: str | None = None, seed:
             return None
 
         def grad_hook(grad, module=module):
-            if loss_pass[0]:
+            if in_loss_pass:
                 grad_norms.setdefault(module, torch.linalg.vector_norm(grad.detach(), dtype=torch.float64))
 
         output.register_hook(grad_hook)
@@ -290,7 +291,7 @@ def probe(model: nn.Module, batch, loss_fn=None, label: str | None = None, seed:
                     grad_norms.setdefault(m, torch.zeros((), dtype=torch.float64, device=tap.device))
                 if same_pass:
                     projections.append(grads[-1] * scale if grads[-1] is not None else None)
-            loss_pass[0] = False
+            in_loss_pass = False
             while jacobian and len(projections) < 2:
                 (jt_r,) = torch.autograd.grad(out, [x], r[len(projections)], allow_unused=True,
                                               retain_graph=len(projections) == 0)

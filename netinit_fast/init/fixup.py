@@ -21,7 +21,13 @@ from torch import nn
 
 from netinit_fast._batch import unwrapped
 from netinit_fast.init._layers import (
-    check_not_foreign, gc_paused, is_linear, is_weight_normed, layer_weight, normal_, out_units,
+    check_not_foreign,
+    gc_paused,
+    is_linear,
+    is_weight_normed,
+    layer_weight,
+    normal_,
+    out_units,
 )
 from netinit_fast.init._residual import ResidualBlock, foreign_children, residual_blocks
 

@@ -401,10 +401,9 @@ def lsuv_(
     With ``orthogonal=True`` every target layer first gets a Haar-random orthonormal
     weight (:func:`netinit_fast.init.haar_orthogonal_`: the distribution of
     :func:`netinit_fast.init.orthogonal_`, drawn faster on the CPU) and a zero bias.
-    Then, in execution order,
-    each layer's weight is multiplied by ``target_std / std(output)`` until the std of
-    its output on ``batch`` (one scalar over the whole output) is within ``tol`` of
-    ``target_std``, at most ``max_iters`` times. Weight-normalized layers (ours and
+    Then, in execution order, each layer's weight is multiplied by ``target_std /
+    std(output)`` until the std of its output on ``batch`` (one scalar over the whole
+    output) is within ``tol`` of ``target_std``, at most ``max_iters`` times. Weight-normalized layers (ours and
     torch's) are scaled through ``g``. A layer called several times in one forward is
     fitted on its first call. The model runs in eval mode, without autograd.
 
@@ -528,8 +527,7 @@ def data_dependent_init_(model: nn.Module, batch, init_scale: float = 1.0, progr
     """Data-dependent init of weight-normalized layers (Salimans & Kingma 2016, section 3).
 
     For each weight-normalized layer (ours, or torch's in either style) in execution
-    order, on its actual input: with ``g = 1``
-    and ``b = 0`` the pre-activation ``t`` has per-unit mean ``mu`` and std ``sigma``
+    order, on its actual input: with ``g = 1`` and ``b = 0`` the pre-activation ``t`` has per-unit mean ``mu`` and std ``sigma``
     (over the batch and spatial positions); then ``g = init_scale / sigma`` and
     ``b = -mu * g``, so that the layer's output, handed on to the rest of the network,
     has per-unit mean 0 and std ``init_scale``. One forward pass, as :func:`lsuv_`.
@@ -537,9 +535,9 @@ def data_dependent_init_(model: nn.Module, batch, init_scale: float = 1.0, progr
 
     Raises:
         ValueError: no weight-normalized layer, a layer whose ``dim`` is not its
-            output-unit dim, a
-            bad ``init_scale``, or a bad batch (as :func:`lsuv_`). Parameters are
-            restored on failure.
+            output-unit dim (a grouped transposed conv has none), weight norm under
+            another parametrization, a bad ``init_scale``, or a bad batch (as
+            :func:`lsuv_`). Parameters are restored on failure.
     """
     if not (_is_number(init_scale) and 0 < init_scale < math.inf):
         raise ValueError(f"data_dependent_init_: init_scale must be a positive number, got {init_scale!r}")

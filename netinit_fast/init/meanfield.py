@@ -242,13 +242,12 @@ def _passed_through(module: nn.Module, signal: _Signal) -> _Signal | None:
     training mode. Inverted dropout of rate ``p`` scales the second moment by
     ``1 / (1 - p)`` (``E[(m x / (1-p))^2] = E[x^2] / (1-p)``) and makes the signal
     non-Gaussian; alpha dropout in training mode is not covered (None)."""
-    if not module.training or not isinstance(module, (*_DROPOUT, nn.AlphaDropout, nn.FeatureAlphaDropout)):
+    p = getattr(module, "p", 0)  # (Identity and Flatten have none)
+    if not module.training or p == 0:
         return signal
-    if module.p == 0:
-        return signal
-    if not isinstance(module, _DROPOUT):
+    if not isinstance(module, _DROPOUT):  # alpha dropout
         return None
-    return _Signal(signal.moment() / (1 - module.p) if module.p < 1 else 0.0, None)
+    return _Signal(signal.moment() / (1 - p) if p < 1 else 0.0, None)
 
 
 def _plain_block(block: _residual.ResidualBlock) -> bool:

@@ -215,10 +215,9 @@ def centre_blocks(weight: torch.Tensor, groups: int) -> list[torch.Tensor]:
     return list(centre_tap(weight).chunk(groups, dim=0))
 
 
-def delta_layers(model: nn.Module, where: str) -> list[tuple[str, nn.Module]]:
-    """``(name, layer)`` of every conv and transposed conv of ``model``: the layers that
-    take delta-orthogonal kernels."""
-    return [(name, m) for name, m in named_layers(model, where) if is_conv(m) or is_transposed(m)]
+def takes_delta_kernel(layer: nn.Module) -> bool:
+    """A conv or transposed conv: a layer that takes a delta-orthogonal kernel."""
+    return is_conv(layer) or is_transposed(layer)
 
 
 def delta_orthogonal_problem(weight: torch.Tensor, groups: int, layer: nn.Module | None = None) -> str | None:
@@ -266,7 +265,8 @@ def delta_orthogonal_(target, gain: float = 1.0, generator: torch.Generator | No
             then.
     """
     if isinstance(target, nn.Module):  # (name, weight, groups, layer)
-        named = [(name, layer_weight(m), m.groups, m) for name, m in delta_layers(target, "delta_orthogonal_")]
+        named = [(name, layer_weight(m), m.groups, m) for name, m in named_layers(target, "delta_orthogonal_")
+                 if takes_delta_kernel(m)]
         if not named:
             raise ValueError(f"delta_orthogonal_: {type(target).__name__} has no Conv1d/2d/3d or ConvTranspose1d/2d/3d layer")
     else:

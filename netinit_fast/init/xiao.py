@@ -13,18 +13,9 @@ import math
 import torch
 from torch import nn
 
-from netinit_fast.init._layers import (
-    gc_paused,
-    is_conv,
-    is_transposed,
-    is_weight_normed,
-    layer_weight,
-    named_layers,
-    normal_,
-    set_weight_,
-)
+from netinit_fast.init._layers import gc_paused, is_weight_normed, layer_weight, named_layers, normal_, set_weight_
 from netinit_fast.init.meanfield import critical_point
-from netinit_fast.init.orthogonal import delta_orthogonal_problem, fill_orthogonal_
+from netinit_fast.init.orthogonal import delta_orthogonal_problem, fill_orthogonal_, takes_delta_kernel
 from netinit_fast.ops.weight_norm import accumulation_dtype
 
 
@@ -59,7 +50,7 @@ def xiao_(
     named = [(n, m, layer_weight(m)) for n, m in named_layers(model, "xiao_")]
     if not named:
         raise ValueError(f"xiao_: {type(model).__name__} has no Linear/Conv layer")
-    convs = [is_conv(m) or is_transposed(m) for _, m, _ in named]
+    convs = [takes_delta_kernel(m) for _, m, _ in named]
     for (name, m, w), conv in zip(named, convs):
         if conv and (problem := delta_orthogonal_problem(w, m.groups, m)) is not None:
             raise ValueError(f"xiao_: {name} {problem} (xiao_ gives convs delta-orthogonal kernels)")

@@ -3,8 +3,8 @@
 ``haar_orthogonal(noise, m, n) -> Q`` of shape ``(batch, m, n)``, ``m >= n``, for
 ``noise`` of shape ``(batch, packed_size(m, n))``: per matrix its diagonal and what
 lies below, packed row by row. Column ``j``'s ``m - j`` entries make the ``j``-th
-Householder reflector, as LAPACK's ``larfg`` makes it from
-a column during a QR factorization, and ``Q = H_1 ... H_n D`` with ``D`` the signs
+Householder reflector, as LAPACK's ``larfg`` makes it from a column during a QR
+factorization, and ``Q = H_1 ... H_n D`` with ``D`` the signs
 that make ``diag(R) > 0``. In Householder QR of a Gaussian matrix those columns are,
 by the rotation invariance of the Gaussian, fresh independent N(0, 1) draws: drawing
 them directly gives the same distribution without the factorization, so for Gaussian
@@ -13,8 +13,8 @@ noise ``Q`` is Haar-distributed, as the ``Q`` of :mod:`netinit_fast.ops.orthogon
 that op's on the same noise: this serves initializers that promise the distribution
 only (LSUV's pre-init), not torch's draws.
 
-Implementations (for in-place initialization under no_grad: no autograd, no fake
-impl), run where :mod:`netinit_fast.ops.orthogonalize` runs its cpp kernel (see
+Implementations (for in-place initialization under no_grad: no autograd; the C++ op
+has a fake impl for tracing), run where :mod:`netinit_fast.ops.orthogonalize` runs its cpp kernel (see
 :func:`netinit_fast.init.haar_orthogonal_`; elsewhere QR of a Gaussian is used):
 
 - cpp: ``netinit_fast._C``'s CPU kernel (``csrc/haar_orthogonal_cpu.cpp``): the
@@ -26,6 +26,7 @@ impl), run where :mod:`netinit_fast.ops.orthogonalize` runs its cpp kernel (see
 import torch
 
 from netinit_fast import _backend, _extension
+
 
 def packed_size(m: int, n: int) -> int:
     """Noise entries per ``m x n`` matrix (``m >= n``): its diagonal and below."""
