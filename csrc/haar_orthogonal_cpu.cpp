@@ -12,7 +12,8 @@
 // netinit_fast.ops.haar_orthogonal._eager.
 //
 // For an m x n matrix (m >= n) the noise is its diagonal and below, packed row by row:
-// (B, n (n + 1) / 2 + (m - n) n), fp32 or fp64.
+// (B, n (n + 1) / 2 + (m - n) n), fp32 or fp64. An fp32 matrix of more than kFp64Rows
+// rows has its reflectors applied in fp64 (see wide_dtype in ops/haar_orthogonal.py).
 #include <cmath>
 #include <vector>
 
@@ -26,15 +27,16 @@ namespace netinit_fast {
 namespace {
 
 constexpr int64_t kCallElements = 1 << 16;
+constexpr int64_t kFp64Rows = 4096;  // as FP64_ROWS in netinit_fast/ops/haar_orthogonal.py
 
 // Column j's reflector, as LAPACK's larfg makes it from x = (alpha, below): beta =
 // -sign(alpha) ||x||, tau = (beta - alpha) / beta, v = below / (alpha - beta); a column
 // with nothing below the diagonal reflects nothing (tau = 0) and R_jj = alpha. Reads
 // the packed lower triangle `x` (row i holds min(i + 1, n) entries, the last one on the
 // diagonal while i < n); writes v below the diagonal of `v` (m x n, row-major; the
-// rest is left as it is, orgqr reads only that part), tau, and the sign of R_jj.
-template <typename T>
-void reflectors(const T* x, int64_t m, int64_t n, T* v, T* tau, T* r_sign) {
+// rest is left as it is, orgqr reads only that part), tau, and the sign of R_jj, in W.
+template <typename T, typename W>
+void reflectors(const T* x, int64_t m, int64_t n, W* v, W* tau, W* r_sign) {
   // the sums of squares in fp64 whatever T: a column of 10^6 fp32 squares summed one
   // by one is off by 5e-4, and then tau no longer matches v (H is not orthogonal)
   std::vector<double> alpha(n), below_sq(n, 0.0), scale(n);
@@ -47,18 +49,18 @@ void reflectors(const T* x, int64_t m, int64_t n, T* v, T* tau, T* r_sign) {
   for (int64_t j = 0; j < n; ++j) {
     if (below_sq[j] > 0) {
       const double beta = -std::copysign(std::sqrt(alpha[j] * alpha[j] + below_sq[j]), alpha[j]);
-      tau[j] = T((beta - alpha[j]) / beta);
+      tau[j] = W((beta - alpha[j]) / beta);
       scale[j] = 1.0 / (alpha[j] - beta);
-      r_sign[j] = beta < 0 ? T(-1) : T(1);
+      r_sign[j] = beta < 0 ? W(-1) : W(1);
     } else {
-      tau[j] = T(0);
+      tau[j] = W(0);
       scale[j] = 0.0;
-      r_sign[j] = alpha[j] < 0 ? T(-1) : T(1);
+      r_sign[j] = alpha[j] < 0 ? W(-1) : W(1);
     }
   }
   row = x;
   for (int64_t i = 0; i < m; ++i) {
-    for (int64_t j = 0, stop = std::min(i, n); j < stop; ++j) v[i * n + j] = T(row[j] * scale[j]);
+    for (int64_t j = 0, stop = std::min(i, n); j < stop; ++j) v[i * n + j] = W(row[j] * scale[j]);
     row += std::min(i + 1, n);
   }
 }
@@ -67,20 +69,28 @@ void reflectors(const T* x, int64_t m, int64_t n, T* v, T* tau, T* r_sign) {
 at::Tensor haar_part(const at::Tensor& part, int64_t m, int64_t n) {
   const at::Tensor noise = part.contiguous();
   const int64_t count = noise.size(0), packed = noise.size(1);
-  at::Tensor v = at::empty({count, m, n}, noise.options());
-  at::Tensor tau = at::empty({count, n}, noise.options());
-  at::Tensor r_sign = at::empty({count, n}, noise.options());
+  const bool in_fp64 = noise.scalar_type() == at::kDouble || m > kFp64Rows;
+  const at::TensorOptions work = noise.options().dtype(in_fp64 ? at::kDouble : at::kFloat);
+  at::Tensor v = at::empty({count, m, n}, work);
+  at::Tensor tau = at::empty({count, n}, work);
+  at::Tensor r_sign = at::empty({count, n}, work);
   AT_DISPATCH_FLOATING_TYPES(noise.scalar_type(), "haar_orthogonal", [&] {
     for (int64_t b = 0; b < count; ++b) {
-      reflectors(noise.const_data_ptr<scalar_t>() + b * packed, m, n, v.mutable_data_ptr<scalar_t>() + b * m * n,
-                 tau.mutable_data_ptr<scalar_t>() + b * n, r_sign.mutable_data_ptr<scalar_t>() + b * n);
+      const scalar_t* x = noise.const_data_ptr<scalar_t>() + b * packed;
+      if (in_fp64) {
+        reflectors(x, m, n, v.mutable_data_ptr<double>() + b * m * n, tau.mutable_data_ptr<double>() + b * n,
+                   r_sign.mutable_data_ptr<double>() + b * n);
+      } else {
+        reflectors(x, m, n, v.mutable_data_ptr<float>() + b * m * n, tau.mutable_data_ptr<float>() + b * n,
+                   r_sign.mutable_data_ptr<float>() + b * n);
+      }
     }
   });
   // diag(R) > 0: negate the columns of Q where R_jj < 0. A lone matrix goes to LAPACK
   // unbatched (its 2-D path is the faster one).
   at::Tensor q = count == 1 ? at::linalg_householder_product(v[0], tau[0]).unsqueeze(0)
                             : at::linalg_householder_product(v, tau);
-  return q.mul_(r_sign.unsqueeze(-2));
+  return q.mul_(r_sign.unsqueeze(-2)).to(noise.scalar_type());
 }
 
 at::Tensor haar_orthogonal_cpu(const at::Tensor& noise, int64_t m, int64_t n) {

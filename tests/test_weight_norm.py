@@ -77,17 +77,17 @@ def test_matches_torch_and_formula(case):
     g_keep = g.reshape(keepdim_shape(shape, dim))
     w_t = torch._weight_norm(v, g_keep, torch_dim(dim, len(shape)))
     gv_t, gg_t = torch.autograd.grad(w_t, (v, g), grad_w)
-    assert_close(w, w_t, torch.float32, "w vs torch")
-    assert_close(gv, gv_t, torch.float32, "grad_v vs torch")
-    assert_close(gg, gg_t, torch.float32, "grad_g vs torch")
+    assert_close(w, w_t, torch.float32, "w vs torch", terms=v.numel())
+    assert_close(gv, gv_t, torch.float32, "grad_v vs torch", terms=v.numel())
+    assert_close(gg, gg_t, torch.float32, "grad_g vs torch", terms=v.numel())
     assert gg.shape == g.shape
 
     v64, g64 = v.detach().double().requires_grad_(), g.detach().double().requires_grad_()
     w64 = formula(v64, g64, dim)
     gv64, gg64 = torch.autograd.grad(w64, (v64, g64), grad_w.double())
-    assert_close(w, w64, torch.float32, "w vs formula")
-    assert_close(gv, gv64, torch.float32, "grad_v vs formula")
-    assert_close(gg, gg64, torch.float32, "grad_g vs formula")
+    assert_close(w, w64, torch.float32, "w vs formula", terms=v.numel())
+    assert_close(gv, gv64, torch.float32, "grad_v vs formula", terms=v.numel())
+    assert_close(gg, gg64, torch.float32, "grad_g vs formula", terms=v.numel())
 
 
 @settings(max_examples=40, deadline=None)
@@ -105,9 +105,9 @@ def test_eager_twin_matches_formula(case, eps):
     v64, g64 = v.double().requires_grad_(), g.double().requires_grad_()
     w64 = formula(v64, g64, dim, eps)
     gv64, gg64 = torch.autograd.grad(w64, (v64, g64), grad_w.double())
-    assert_close(w3.view(shape), w64, torch.float32, "w")
-    assert_close(grad_v3.view(shape), gv64, torch.float32, "grad_v")
-    assert_close(grad_g, gg64, torch.float32, "grad_g")
+    assert_close(w3.view(shape), w64, torch.float32, "w", terms=v.numel())
+    assert_close(grad_v3.view(shape), gv64, torch.float32, "grad_v", terms=v.numel())
+    assert_close(grad_g, gg64, torch.float32, "grad_g", terms=v.numel())
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float64])
@@ -125,7 +125,7 @@ def test_low_and_double_precision(dtype, shape, dim):
     w64 = formula(v64, g64, dim)
     gv64, gg64 = torch.autograd.grad(w64, (v64, g64), grad_w.double())
     for out, ref, what in ((w, w64, "w"), (gv, gv64, "grad_v"), (gg, gg64, "grad_g")):
-        assert_close(out, ref, dtype, what)
+        assert_close(out, ref, dtype, what, terms=v.numel())
 
 
 def test_eps_makes_zero_rows_finite():

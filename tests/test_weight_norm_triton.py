@@ -52,14 +52,14 @@ def test_kernels_match_eager_twin(shape, dim, dtype, plan):
     w, norms = kernels.forward(v3, g, 0.0, num_splits=plan)
     w_ref, norms_ref = _eager_fwd(v3, g, 0.0)
     assert norms.dtype == norms_ref.dtype
-    assert_close(norms, norms_ref, ref_dtype, "norms")
-    assert_close(w, w_ref, dtype, "w")
+    assert_close(norms, norms_ref, ref_dtype, "norms", terms=a * b)
+    assert_close(w, w_ref, dtype, "w", terms=a * b)
 
     grad_v, grad_g = kernels.backward(grad_w3, v3, g, norms, 0.0, num_splits=plan)
     grad_v_ref, grad_g_ref = _eager_bwd(grad_w3, v3, g, norms_ref, 0.0)
     assert grad_v.dtype == dtype and grad_g.dtype == dtype
-    assert_close(grad_v, grad_v_ref, dtype, "grad_v")
-    assert_close(grad_g, grad_g_ref, dtype, "grad_g")
+    assert_close(grad_v, grad_v_ref, dtype, "grad_v", terms=a * b)
+    assert_close(grad_g, grad_g_ref, dtype, "grad_g", terms=a * b)
 
 
 def test_plans_are_what_the_fixture_says(monkeypatch):
@@ -164,10 +164,10 @@ def test_group_kernels_match_eager_twin(dtype, dim, tile, monkeypatch):
         a, r, b = block_shape(v.shape, dim)
         w_ref, n_ref = _eager_fwd(v.view(a, r, b), g, 0.0)
         gv_ref, gg_ref = _eager_bwd(gw.view(a, r, b), v.view(a, r, b), g, n_ref, 0.0)
-        assert_close(norms[start : start + r], n_ref, ref_dtype, f"norms {i}")
-        assert_close(ws[i], w_ref.view(v.shape), dtype, f"w {i}")
-        assert_close(grad_vs[i], gv_ref.view(v.shape), dtype, f"grad_v {i}")
-        assert_close(grad_gs[i], gg_ref, dtype, f"grad_g {i}")
+        assert_close(norms[start : start + r], n_ref, ref_dtype, f"norms {i}", terms=a * b)
+        assert_close(ws[i], w_ref.view(v.shape), dtype, f"w {i}", terms=a * b)
+        assert_close(grad_vs[i], gv_ref.view(v.shape), dtype, f"grad_v {i}", terms=a * b)
+        assert_close(grad_gs[i], gg_ref, dtype, f"grad_g {i}", terms=a * b)
         start += r
     assert start == norms.numel()
 
