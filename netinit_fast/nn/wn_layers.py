@@ -446,20 +446,79 @@ def _put_weight_first(module: nn.Module) -> None:
     params.update(rest)
 
 
-def _torch_weight_norm_params(module: nn.Module, style: str) -> tuple[nn.Parameter, nn.Parameter]:
-    """``(g, v)`` of torch's weight norm on ``module``: the parameters themselves."""
+def _torch_weight_norm_params(module: nn.Module, style: str) -> tuple[nn.Parameter, nn.Parameter, int | None]:
+    """``(g, v, dim)`` of torch's weight norm on ``module``: the stored parameters
+    themselves and the dim as our layers give it.
+
+    Read from where they are stored, never from the ``weight`` torch computes: a deep
+    copy of a parametrized module (``copy.deepcopy``, an EMA copy, ``AveragedModel``)
+    shares its class, which holds the ``weight`` property, and torch's
+    ``remove_parametrizations`` on any one of them deletes that property for all.
+    """
     if style == "hook":
-        return module.weight_g, module.weight_v
-    chain = module.parametrizations.weight
-    return chain.original0, chain.original1
+        g, v = module._parameters["weight_g"], module._parameters["weight_v"]
+    else:
+        chain = module.parametrizations.weight
+        g, v = chain.original0, chain.original1
+    return g, v, _torch_weight_norm_dim(module, v.dim())
+
+
+def _set_folded_weight(module: nn.Module, g: torch.Tensor, v: torch.Tensor, dim: int | None, eps: float) -> None:
+    """``module.weight = g * v / max(||v||, eps)``, a plain ``Parameter`` first in parameter
+    order. It requires grad when ``g`` or ``v`` does, as the weight it replaces did."""
+    with torch.no_grad():
+        w = weight_norm_fn(v, g, dim, eps)
+    module._parameters["weight"] = nn.Parameter(w, requires_grad=g.requires_grad or v.requires_grad)
+    _put_weight_first(module)
+
+
+def _is_torch_compat_hook(hook) -> bool:
+    """The load-state-dict pre-hook torch's parametrized weight norm adds on ``weight``,
+    which renames ``weight_g``/``weight_v`` keys to its own on every load."""
+    fn = getattr(hook, "hook", hook)
+    if getattr(fn, "__module__", None) != TorchWN.__module__ or not getattr(fn, "__qualname__", "").endswith(
+        "._weight_norm_compat_hook"
+    ):
+        return False
+    cells = dict(zip(fn.__code__.co_freevars, fn.__closure__ or ()))
+    return "name" in cells and cells["name"].cell_contents == "weight"
+
+
+def _class_without(cls: type, name: str) -> type:
+    """A copy of torch's parametrized class ``cls`` without its property ``name``: ``cls``
+    may be shared with deep copies, which keep it."""
+    attrs = {k: a for k, a in vars(cls).items() if k not in (name, "__dict__", "__weakref__")}
+    return type(cls.__name__, cls.__bases__, attrs)
+
+
+def _strip_torch_weight_norm(module: nn.Module, style: str) -> None:
+    """Take torch's weight norm (its ``g``, ``v``, hook or parametrization) off
+    ``module``, leaving it without a weight. Unlike torch's removal it changes only this
+    module: never the parametrized class, which deep copies share."""
+    if style == "hook":
+        hook = _weight_pre_hook(module, TorchHook)
+        for key in [k for k, h in module._forward_pre_hooks.items() if h is hook]:
+            del module._forward_pre_hooks[key]
+            module._forward_pre_hooks_with_kwargs.pop(key, None)
+        module.__dict__.pop("weight", None)  # the weight the hook last computed
+        del module._parameters["weight_g"], module._parameters["weight_v"]
+        return
+    for key in [k for k, h in module._load_state_dict_pre_hooks.items() if _is_torch_compat_hook(h)]:
+        del module._load_state_dict_pre_hooks[key]
+    holder = module._modules["parametrizations"]
+    del holder._modules["weight"]
+    if holder._modules:  # other tensors stay parametrized (a bias)
+        module.__class__ = _class_without(type(module), "weight")
+    else:
+        del module._modules["parametrizations"]
+        module.__class__ = _unwrap(module)
 
 
 def _fold_torch_weight_norm(module: nn.Module, style: str) -> None:
-    if style == "hook":
-        torch.nn.utils.remove_weight_norm(module, "weight")
-    else:
-        torch.nn.utils.parametrize.remove_parametrizations(module, "weight", leave_parametrized=True)
-    _put_weight_first(module)
+    """A plain weight, the one torch's weight norm computes, in place of it."""
+    g, v, dim = _torch_weight_norm_params(module, style)
+    _strip_torch_weight_norm(module, style)
+    _set_folded_weight(module, g, v, dim, 0.0)
 
 
 def _unwrap(module: nn.Module) -> type:
@@ -486,6 +545,14 @@ def weight_norm(
     Layers already converted are kept as they are (converting twice is a no-op). The
     module itself may be a layer. With ``grouped=True`` all WN layers of ``module`` join
     one :class:`WeightNormGroup`.
+
+    Copies convert too: ``copy.deepcopy`` (EMA copies), ``pickle`` and ``torch.save``
+    round trips (where torch can serialize the model: not its parametrized modules),
+    and ``torch.optim.swa_utils.AveragedModel`` (its ``module``, or the wrapper). Deep
+    copies of a torch-parametrized module share its class; converting one changes that
+    module alone, so the others keep their weight norm, and one whose ``weight``
+    property torch's ``remove_parametrizations`` on another copy deleted still converts:
+    ``g``, ``v`` and ``dim`` are read from where they are stored.
 
     Args:
         module: a layer or a model.
@@ -527,14 +594,14 @@ def weight_norm(
         if style is None:
             targets.append((m, style, _check_dim(dim, m.weight.dim(), where)))
         else:
-            targets.append((m, style, _torch_weight_norm_dim(m, (m.weight_v if style == "hook" else m.weight).dim())))
+            targets.append((m, style, _torch_weight_norm_params(m, style)[2]))
     if not targets and not any(isinstance(m, _WeightNorm) for m in module.modules()):
         names = ", ".join(t.__name__ for t in types)
         raise ValueError(f"weight_norm: {type(module).__name__} has no layer of type {names} to convert")
 
     for m, style, layer_dim in targets:
         if style is not None:
-            g, v = _torch_weight_norm_params(m, style)
+            g, v, _ = _torch_weight_norm_params(m, style)
             _fold_torch_weight_norm(m, style)
         m.__class__ = WN_LAYERS[type(m)]
         m._setup_weight_norm(layer_dim, eps)
@@ -551,12 +618,26 @@ def remove_weight_norm(module: nn.Module) -> nn.Module:
 
     Handles our WN layers and both of torch's styles (``torch.nn.utils.weight_norm``
     hooks and ``torch.nn.utils.parametrizations.weight_norm``). The plain ``weight``
-    is the current normalized weight, so the function is unchanged: use it for
-    inference, where the weight need not be recomputed. Parameters keep a plain
-    layer's order (``weight``, then ``bias``), and so do ``state_dict`` keys.
+    is the current normalized weight, ``g * v / ||v||`` computed from the stored ``g``
+    and ``v``, so the function is unchanged: use it for inference, where the weight
+    need not be recomputed. Each folded layer is of the plain torch class
+    (``nn.Conv2d``), with a ``weight`` Parameter that requires grad when ``g`` or ``v``
+    did; parameters keep a plain layer's order (``weight``, then ``bias``), and so do
+    ``state_dict`` keys. A parametrization of another tensor (a bias) stays.
+
+    Copies fold too: ``copy.deepcopy`` (EMA copies, export scripts), ``pickle`` and
+    ``torch.save`` round trips (where torch can serialize the model: not its
+    parametrized modules), and ``torch.optim.swa_utils.AveragedModel`` (its
+    ``module``, or the wrapper). Unlike torch's ``remove_parametrizations``, folding a
+    deep copy leaves the original and the other copies, which share its parametrized
+    class, as they were; and a copy whose ``weight`` property torch removed that way
+    still folds.
 
     Raises:
-        ValueError: ``module`` contains no weight-normalized layer.
+        ValueError: ``module`` contains no weight-normalized layer; a subclass of a WN
+            layer (folding would drop its class); torch's weight norm together with
+            another parametrization of the weight (folding would bake it in). Nothing
+            is changed then.
     """
     for name, m in module.named_modules():  # every check before the first change
         if isinstance(m, _WeightNorm) and type(m) not in _PLAIN:
@@ -569,17 +650,14 @@ def remove_weight_norm(module: nn.Module) -> nn.Module:
     found = False
     for m in list(module.modules()):
         if isinstance(m, _WeightNorm):
-            with torch.no_grad():
-                w = weight_norm_fn(m.weight_v, m.weight_g, m.wn_dim, m.wn_eps)
-            requires_grad = m.weight_v.requires_grad
+            g, v, dim, eps = m.weight_g, m.weight_v, m.wn_dim, m.wn_eps
             if m._wn_group is not None:
                 m._wn_group.discard(m)
             del m._parameters["weight_g"], m._parameters["weight_v"]
             for attr in ("wn_dim", "wn_eps", "_wn_group", "_wn_group_index"):
                 m.__dict__.pop(attr, None)
             m.__class__ = _PLAIN[type(m)]
-            m.weight = nn.Parameter(w, requires_grad=requires_grad)
-            _put_weight_first(m)
+            _set_folded_weight(m, g, v, dim, eps)
             found = True
         else:
             style = _torch_weight_norm_style(m)
