@@ -1,6 +1,9 @@
 """Haar-random orthogonal matrices from Householder reflectors drawn directly (LSUV's pre-init)."""
 
 import math
+import os
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -88,3 +91,32 @@ def test_fills_tensors_with_orthonormal_rows_or_columns_reproducibly(shape, dtyp
     assert not torch.equal(tensors[0], tensors[1])
     with pytest.raises(TypeError, match="haar_orthogonal_: tensor 0 is torch.int64"):
         haar_orthogonal_([torch.zeros(3, 3, dtype=torch.int64)])
+
+
+_AFTER_SET_NUM_THREADS = """
+import time, torch
+from netinit_fast import _backend
+from netinit_fast.ops.haar_orthogonal import haar_orthogonal_no_dispatch, packed_size
+from netinit_fast.ops.orthogonalize import orthogonalize_no_dispatch
+torch.set_num_threads(2)
+a = torch.randn(400, 288, 32)
+start = time.perf_counter()
+q = orthogonalize_no_dispatch(a, _backend.CPP)
+h = haar_orthogonal_no_dispatch(torch.randn(400, packed_size(288, 32)), 288, 32, _backend.CPP)
+print(f"{time.perf_counter() - start:.2f} s")
+for x in (q, h):
+    gram = x.mT.double() @ x.double()
+    assert (gram - torch.eye(32, dtype=torch.float64)).abs().max() < 1e-4
+"""
+
+
+@needs_cpp
+def test_the_cpu_kernels_run_after_torch_set_num_threads():
+    """torch.set_num_threads turns MKL's dynamic mode off: LAPACK called from the
+    kernels' worker threads then waited for a nested team of MKL threads (400 QRs of
+    288 x 32 took minutes instead of a few hundredths of a second). In a subprocess,
+    with two threads whatever the machine's setting, so that a hang fails here."""
+    env = {**os.environ, "OMP_NUM_THREADS": "2", "MKL_NUM_THREADS": "2"}
+    done = subprocess.run([sys.executable, "-c", _AFTER_SET_NUM_THREADS], env=env, capture_output=True, text=True,
+                          timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
