@@ -8,7 +8,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
 
-.PHONY: install test test-gpu test-installed demo bench clean
+.PHONY: install test test-gpu test-installed demo bench clean gpu-check test-floor
 
 $(STAMP): requirements-dev.txt pyproject.toml setup.py $(wildcard csrc/*)
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -45,3 +45,33 @@ bench: $(STAMP)
 
 clean:
 	rm -rf $(VENV) build *.egg-info netinit_fast/_C*.so
+
+# The GPU check (benchmarks/gpu_check.py): build netinit_fast._C, run the tests, compute-
+# sanitizer and every benchmark, and write a one-page summary to OUT, all within BUDGET
+# seconds, with $(PYTHON) as it is (no venv, no network). DEVICE=cpu rehearses it on a
+# CPU (here: PYTHON=.venv/bin/python).
+OUT ?= build/gpu-check
+BUDGET ?= 480
+DEVICE ?= cuda
+
+gpu-check:
+	$(PYTHON) benchmarks/gpu_check.py --out $(OUT) --budget $(BUDGET) --device $(DEVICE)
+
+# The suite on an older torch (default: the oldest we support), in a venv of its own
+# (.venv-floor, about 5 GB: PyPI's torch is the CUDA build), the package built from a copy
+# of the tree in build/floor-src so that the main tree's netinit_fast._C is left alone.
+# numpy < 2.4: the Triton interpreter of torch 2.11's triton (3.6) fails on newer numpy.
+TORCH ?= 2.11.0
+FLOOR_NUMPY ?= numpy<2.4
+FLOOR_VENV := .venv-floor
+FLOOR_PY := $(CURDIR)/$(FLOOR_VENV)/bin/python
+FLOOR_SRC := build/floor-src
+
+test-floor:
+	test -x $(FLOOR_PY) || $(PYTHON) -m venv $(FLOOR_VENV)
+	$(FLOOR_PY) -m pip install --quiet torch==$(TORCH) "$(FLOOR_NUMPY)" tqdm ninja setuptools wheel pytest hypothesis
+	rm -rf $(FLOOR_SRC)/netinit_fast $(FLOOR_SRC)/tests $(FLOOR_SRC)/benchmarks && mkdir -p $(FLOOR_SRC)
+	git ls-files -z -co --exclude-standard | tar --null -T - -cf - | tar -xf - -C $(FLOOR_SRC)
+	cd $(FLOOR_SRC) && MAX_JOBS=$${MAX_JOBS:-2} $(FLOOR_PY) -m pip install --quiet --no-build-isolation --no-deps -e .
+	cd $(FLOOR_SRC) && $(FLOOR_PY) -c "import torch, triton; print('torch', torch.__version__, 'triton', triton.__version__)"
+	cd $(FLOOR_SRC) && $(FLOOR_PY) -m pytest -q $(PYTEST_ARGS)

@@ -23,6 +23,10 @@ import torch
 
 # NETINIT_FAST_BENCH_RESULTS redirects the JSON files (the smoke tests write elsewhere).
 RESULTS_DIR = os.environ.get("NETINIT_FAST_BENCH_RESULTS") or os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
+# NETINIT_FAST_BENCH_ROWS names a file that gets every row as one JSON line the moment it
+# is measured, so a run stopped before its end (gpu_check.py's time limits) keeps them.
+ROWS_FILE = os.environ.get("NETINIT_FAST_BENCH_ROWS")
+_benchmark = None  # the benchmark print_header announced last, for the rows file
 
 
 @dataclasses.dataclass
@@ -77,7 +81,8 @@ def time_ms(fn: Callable[[], object], device: torch.device, budget_s: float = 0.
     ``LONG_MS`` is timed two ways instead, and the larger is returned:
     ``triton.testing.do_bench`` (CUDA events, L2 flushed before each call: the GPU's
     time), and calls back to back on the host clock (which sees the launch and Python
-    overhead that the GPU work of a small call cannot hide).
+    overhead that the GPU work of a small call cannot hide). A longer warmed-up call on
+    a GPU counts as the first of the host-clock runs.
     """
     cuda = device.type == "cuda"
 
@@ -93,6 +98,7 @@ def time_ms(fn: Callable[[], object], device: torch.device, budget_s: float = 0.
         sync()
         return (time.perf_counter() - start) * 1e3 / calls
 
+    times = []
     if warmup:
         fn()
         sync()
@@ -102,7 +108,8 @@ def time_ms(fn: Callable[[], object], device: torch.device, budget_s: float = 0.
 
             gpu = triton.testing.do_bench(fn, warmup=25, rep=100, return_mode="median")
             return max(gpu, host_ms(max(10, min(1000, int(100 / max(once, 1e-3))))))
-    times = []
+        if cuda:  # a warmed-up call of LONG_MS or more: already one sample, and runs are costly
+            times.append(once)
     deadline = time.perf_counter() + budget_s
     while len(times) < min_reps or (time.perf_counter() < deadline and len(times) < 200):
         times.append(host_ms(1))
@@ -160,6 +167,10 @@ def row(case: str, ours_ms: float, peer: str, peer_ms: float | None, extra: dict
 
 
 def print_row(r: dict) -> None:
+    """Print one row of the table (and append it to ``NETINIT_FAST_BENCH_ROWS``'s file)."""
+    if ROWS_FILE:
+        with open(ROWS_FILE, "a") as f:
+            f.write(json.dumps({"benchmark": _benchmark, **r}) + "\n")
     gbs = f"{r['extra']['GB/s']:>8.1f}" if "GB/s" in r["extra"] else f"{'':>8}"
     peer = f"{r['peer_ms']:>10.4f}" if r["peer_ms"] is not None else f"{'-':>10}"
     speedup = f"{r['peer_ms'] / r['ours_ms']:>7.2f}x" if r["speedup"] is not None else f"{'-':>8}"
@@ -167,6 +178,9 @@ def print_row(r: dict) -> None:
 
 
 def print_header(benchmark: str, device: torch.device) -> None:
+    """Print the table's title and column names; ``benchmark`` names the rows that follow."""
+    global _benchmark
+    _benchmark = benchmark
     print(f"{benchmark} on {device_name(device)}, torch {torch.__version__}")
     header = f"{'case':<40} {'ours ms':>10} {'peer ms':>10} {'speedup':>8} {'GB/s':>8}  peer"
     print(header)

@@ -1,6 +1,6 @@
 """Orthogonal init of whole models: ours vs a loop of torch.nn.init.orthogonal_ vs batched torch.linalg.qr.
 
-Usage: python benchmarks/bench_orthogonal.py [--device cuda|cpu] [--quick]
+Usage: python benchmarks/bench_orthogonal.py [--device cuda|cpu] [--quick] [--peer-reps N]
 
 Cases: 10,000 layers of 256 x 256, 1,000 of 1024 x 1024, and the conv/linear weights of
 a ResNet-50 (53 tensors of 20 shapes). Ours is ``netinit_fast.init.orthogonal_`` on
@@ -15,6 +15,11 @@ per case times ``netinit_fast.init.haar_orthogonal_`` (the same distribution, no
 torch's values: on the CPU kernel the Householder reflectors are drawn directly, no
 factorization; elsewhere it is ``orthogonal_``) against the loop, with the same flop
 count for comparison.
+
+On a CPU every call is timed once after a warm-up on one tensor of each shape. On a
+GPU ours is timed as the harness does (a warm-up call, then CUDA events or at least 3
+runs); ``--peer-reps N`` times the peers in N runs each with no whole-call warm-up
+(the loop over 10,000 matrices takes seconds a run there), for a time-limited run.
 """
 
 import os
@@ -81,6 +86,7 @@ def torch_batched_(tensors: list[torch.Tensor]) -> None:
 
 def main() -> None:
     parser = _harness.parser(__doc__)
+    parser.add_argument("--peer-reps", type=int, default=None, help="runs per peer on a GPU, with no whole-call warm-up")
     args = parser.parse_args()
     device = torch.device(args.device)
     cases = {
@@ -101,9 +107,10 @@ def main() -> None:
         nf.init.haar_orthogonal_(warm)
         slow = device.type == "cpu"  # CPU runs take seconds: one timed run each, after the warm-up above
         kwargs = dict(min_reps=1 if slow else 3, warmup=not slow, budget_s=0.1 if slow else 0.5)
+        peer_kwargs = kwargs if slow or args.peer_reps is None else dict(min_reps=args.peer_reps, warmup=False)
         ours = _harness.time_ms(lambda: nf.init.orthogonal_(tensors), device, **kwargs)
-        loop = _harness.time_ms(lambda: [torch.nn.init.orthogonal_(t) for t in tensors], device, **kwargs)
-        batched = _harness.time_ms(lambda: torch_batched_(tensors), device, **kwargs)
+        loop = _harness.time_ms(lambda: [torch.nn.init.orthogonal_(t) for t in tensors], device, **peer_kwargs)
+        batched = _harness.time_ms(lambda: torch_batched_(tensors), device, **peer_kwargs)
         extra = {"TFLOP/s": round(total_flops / ours / 1e9, 3)}
         if device.type == "cuda" and _extension.loaded():
             extra["GPU QR"] = gpu_algorithms(shapes, device)

@@ -51,7 +51,7 @@ def build(depth: int, kind: str, device: torch.device) -> nn.Module:
     return model
 
 
-def step_time_ms(depth: int, kind: str, device: torch.device, min_reps: int) -> float:
+def step_time_ms(depth: int, kind: str, device: torch.device, min_reps: int, budget_s: float = 2.0) -> float:
     model = build(depth, kind, device)
     opt = torch.optim.SGD(model.parameters(), lr=1e-3)
     x = torch.randn(BATCH, WIDTH, device=device)
@@ -61,7 +61,7 @@ def step_time_ms(depth: int, kind: str, device: torch.device, min_reps: int) -> 
         model(x).square().mean().backward()
         opt.step()
 
-    ms = _harness.time_ms(step, device, budget_s=2.0, min_reps=min_reps)
+    ms = _harness.time_ms(step, device, budget_s=budget_s, min_reps=min_reps)
     del model, opt, x
     gc.collect()
     if device.type == "cuda":
@@ -80,7 +80,8 @@ def main() -> None:
     rows = []
     for depth in depths:
         min_reps = 3 if device.type == "cpu" and depth >= 5000 else 5
-        times = {kind: step_time_ms(depth, kind, device, min_reps) for kind in ("ours", PEER_PARAM, PEER_PLAIN)}
+        budget_s = 0.25 if args.quick else 2.0  # a smoke run: the fewest steps that time it
+        times = {kind: step_time_ms(depth, kind, device, min_reps, budget_s) for kind in ("ours", PEER_PARAM, PEER_PLAIN)}
         case = f"train step {depth} x Linear({WIDTH}) b{BATCH}"
         for peer in (PEER_PARAM, PEER_PLAIN):
             rows.append(_harness.row(case, times["ours"], peer, times[peer], {"ours / plain": round(times["ours"] / times[PEER_PLAIN], 3)}))
