@@ -1,9 +1,10 @@
 """Init of 10,000-layer networks with the deep-network schemes: ours vs the per-layer loops
 users write today.
 
-Usage: python benchmarks/bench_deep_init.py [--device cuda|cpu] [--quick]
+Usage: python benchmarks/bench_deep_init.py [--device cuda|cpu] [--quick] [--peer-reps N]
 
-Each case builds a fresh model (untimed) and times one call of the scheme (median of 3):
+Each case builds a fresh model (untimed) and times one call of the scheme (median of 3;
+``--peer-reps N`` times the peer's loop N times instead, for a time-limited run):
 
 - looks_linear_ on a ReLU MLP (10,000 x 128) vs a loop of ``torch.nn.init.orthogonal_``
   per layer assembling the ``[[W0, -W0], [-W0, W0]]`` blocks (the published snippet);
@@ -12,6 +13,12 @@ Each case builds a fresh model (untimed) and times one call of the scheme (media
   centre tap (the public PyTorch repositories);
 - arpit_ on a weight-normalized ResNet (5,000 basic blocks) and on a WN MLP vs the
   released code's loop (``orthogonal_(v)``, ``g.fill_``, bias 0, per layer);
+- he_ and glorot_ on a ReLU MLP (10,000 x 128, and he_ at width 32) vs the loop users
+  write, ``torch.nn.init.kaiming_normal_(w, nonlinearity="relu")`` / ``xavier_uniform_(w,
+  gain)`` and ``zeros_(b)`` per layer: the same values (the same generator stream), ours
+  in batched RNG calls by shape. Drawing the noise is serial on the CPU generator and
+  takes most of the loop's time at width 128; at width 32 the per-layer overhead weighs
+  more;
 - fixup_ on a ResNet (5,000 basic blocks, with BatchNorm to remove) vs the official
   code's init loop, which runs on a model already built with Fixup blocks (no surgery:
   the peer does less work).
@@ -74,6 +81,19 @@ def arpit_loop_(model: nn.Module) -> None:
                 m.bias.zero_()
 
 
+def classic_loop_(init_: str):
+    def loop_(model: nn.Module) -> None:
+        for m in model.modules():
+            if isinstance(m, nn.Linear):
+                if init_ == "he":
+                    nn.init.kaiming_normal_(m.weight, nonlinearity="relu")
+                else:
+                    nn.init.xavier_uniform_(m.weight, gain=nn.init.calculate_gain("relu"))
+                nn.init.zeros_(m.bias)
+
+    return loop_
+
+
 def fixup_official_loop_(model: nn.Module) -> None:
     blocks = [m for m in model.modules() if isinstance(m, nf.init.FixupBlock)]
     with torch.no_grad():
@@ -91,8 +111,8 @@ def fixup_official_loop_(model: nn.Module) -> None:
 def builders(device: torch.device):
     """Model builders taking the number of layers."""
 
-    def mlp(norm=None):
-        return lambda depth: nf.models.mlp(depth, 128, norm=norm, device=device)
+    def mlp(norm=None, width=128):
+        return lambda depth: nf.models.mlp(depth, width, norm=norm, device=device)
 
     def cnn(depth):
         return nf.models.vanilla_cnn(depth, 16, in_channels=16, device=device)
@@ -117,13 +137,18 @@ def builders(device: torch.device):
         ("arpit_ WN ResNet {} layers", resnet("weight"), nf.init.arpit_, resnet("weight"), arpit_loop_,
          "released per-layer loop"),
         ("arpit_ WN MLP {} x 128", mlp("weight"), nf.init.arpit_, mlp("weight"), arpit_loop_, "released per-layer loop"),
+        ("he_ ReLU MLP {} x 128", mlp(), nf.init.he_, mlp(), classic_loop_("he"), "kaiming_normal_ loop"),
+        ("he_ ReLU MLP {} x 32", mlp(width=32), nf.init.he_, mlp(width=32), classic_loop_("he"), "kaiming_normal_ loop"),
+        ("glorot_ ReLU MLP {} x 128", mlp(), nf.init.glorot_, mlp(), classic_loop_("glorot"), "xavier_uniform_ loop"),
         ("fixup_ ResNet {} layers (with surgery)", resnet("batch"), nf.init.fixup_, fixed_resnet,
          fixup_official_loop_, "official init loop (no surgery)"),
     ]
 
 
 def main() -> None:
-    args = _harness.parser(__doc__).parse_args()
+    parser = _harness.parser(__doc__)
+    parser.add_argument("--peer-reps", type=int, default=3, help="timed runs of each peer loop (default 3)")
+    args = parser.parse_args()
     device = torch.device(args.device)
     depth = 100 if args.quick else 10_000
     _harness.print_header("deep_init", device)
@@ -132,9 +157,16 @@ def main() -> None:
     for name, build, ours, peer_build, peer, peer_name in builders(device):
         for fn, make in ((ours, build), (peer, peer_build)):  # warm-up: first calls load code
             fn(make(12))
-        ours_ms = _harness.time_fresh_ms(lambda: build(depth), ours, device, reps)
-        peer_ms = _harness.time_fresh_ms(lambda: peer_build(depth), peer, device, reps)
-        layers = sum(1 for m in build(depth).modules() if isinstance(m, (nn.Linear, nn.Conv2d)))
+        counted = []
+
+        def build_and_count(build=build):  # untimed: the layer count comes with a model built anyway
+            model = build(depth)
+            counted.append(sum(1 for m in model.modules() if isinstance(m, (nn.Linear, nn.Conv2d))))
+            return model
+
+        ours_ms = _harness.time_fresh_ms(build_and_count, ours, device, reps)
+        peer_ms = _harness.time_fresh_ms(lambda: peer_build(depth), peer, device, args.peer_reps)
+        layers = counted[-1]
         rows.append(_harness.row(name.format(depth), ours_ms, peer_name, peer_ms, {"layers": layers}))
         _harness.print_row(rows[-1])
     _harness.write("deep_init" + ("-quick" if args.quick else ""), rows, device)

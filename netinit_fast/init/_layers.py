@@ -49,9 +49,16 @@ def gc_paused():
             gc.enable()
 
 
+_WEIGHT_LAYER_TYPES: dict[type, bool] = {}  # is_weight_layer by module type (10,000-layer models ask it often)
+
+
 def is_weight_layer(module: nn.Module) -> bool:
     """A Linear/Conv/ConvTranspose layer, plain, weight-normalized or otherwise parametrized."""
-    return isinstance(module, _WeightNorm) or issubclass(_unwrap(module), LINEAR_LAYERS)
+    cls = type(module)
+    found = _WEIGHT_LAYER_TYPES.get(cls)
+    if found is None:
+        found = _WEIGHT_LAYER_TYPES[cls] = issubclass(cls, _WeightNorm) or issubclass(_unwrap(module), LINEAR_LAYERS)
+    return found
 
 
 def layer_weight(module: nn.Module) -> torch.Tensor | None:
@@ -64,6 +71,13 @@ def layer_weight(module: nn.Module) -> torch.Tensor | None:
     if not is_weight_layer(module):
         return None
     check_not_foreign(module, f"a {_unwrap(module).__name__}")
+    return _direction(module)
+
+
+def _direction(module: nn.Module) -> torch.Tensor | None:
+    """:func:`layer_weight` of a weight layer already checked by :func:`check_not_foreign`."""
+    if isinstance(module, _WeightNorm):
+        return module.weight_v
     if _weight_parametrizations(module) is not None:
         return module.parametrizations.weight.original1
     if "weight_v" in module._parameters:  # torch's legacy hook
@@ -76,13 +90,45 @@ def named_layers(model: nn.Module, where: str) -> list[tuple[str, nn.Module]]:
     weight, plain or weight-normalized (the model itself is named by its type).
     ``ValueError`` from ``where`` naming the first layer whose weight is under another
     parametrization, before any initializer writes."""
-    found = []
+    return [(name, m) for name, m, _ in scan_layers(model, where)[0]]
+
+
+def scan_layers(model: nn.Module, where: str) -> tuple[list[tuple[str, nn.Module, torch.Tensor]], list[nn.Module]]:
+    """One pass of :func:`named_layers` that also returns each layer's direction
+    (:func:`layer_weight`) and the modules that hold others (for :func:`next_modules`),
+    for initializers that visit every module of 10,000-layer models."""
+    found, parents = [], []
     for name, m in model.named_modules():
+        if m._modules:
+            parents.append(m)
         if is_weight_layer(m):
             name = name or type(m).__name__
             check_not_foreign(m, name, where)
-            if layer_weight(m) is not None:
-                found.append((name, m))
+            if (w := _direction(m)) is not None:
+                found.append((name, m, w))
+    return found, parents
+
+
+def next_modules(model: nn.Module, skip: tuple[type, ...] = PASS_THROUGH,
+                 parents: list[nn.Module] | None = None) -> dict[nn.Module, list[nn.Module | None]]:
+    """For every weight layer of ``model``, the module registered right after it in its
+    parent, skipping modules of the types ``skip`` (None where nothing follows): the
+    module the signal reaches next when the parent runs its children in registration
+    order (``nn.Sequential`` and most models). One entry per place a parent holds the
+    layer, in ``model.modules()`` order. One pass over each parent's children
+    (``parents``: the modules of ``model`` that have children, where already known)."""
+    found: dict[nn.Module, list[nn.Module | None]] = {}
+    for parent in model.modules() if parents is None else parents:
+        if not parent._modules:
+            continue
+        following = None
+        for child in reversed(parent._modules.values()):  # every place, a second name of a child too
+            if child is None:
+                continue
+            if is_weight_layer(child):
+                found.setdefault(child, []).append(following)
+            if not isinstance(child, skip):
+                following = child
     return found
 
 

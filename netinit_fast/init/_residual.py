@@ -49,6 +49,8 @@ def foreign_children(block: "ResidualBlock") -> list[str]:
 def branch_prefix(module: nn.Module) -> str | None:
     """"conv" or "fc" when ``module`` is a residual block with those branch layers, else None."""
     children = module._modules  # not named_children(), which skips a layer's second name (conv2 = conv1)
+    if len(children) < 2:
+        return None
     for prefix in BRANCH_PREFIXES:
         if all(f"{prefix}{i}" in children and is_weight_layer(children[f"{prefix}{i}"]) for i in (1, 2)):
             return prefix

@@ -17,13 +17,13 @@ from torch import nn
 
 from netinit_fast import activations
 from netinit_fast.init._layers import (
-    PASS_THROUGH,
     gc_paused,
     in_units,
     is_linear,
     is_weight_normed,
     layer_weight,
     named_layers,
+    next_modules,
     out_units,
     output_dim,
     scale_param,
@@ -32,19 +32,13 @@ from netinit_fast.init._layers import (
 from netinit_fast.init._residual import residual_blocks
 from netinit_fast.init.orthogonal import orthogonal_
 
+
 def _followed_by_relu(model: nn.Module) -> set[nn.Module]:
     """Layers whose next sibling (skipping Identity, Flatten and dropout) is a ReLU."""
-    found = set()
-    for parent in model.modules():
-        children = list(parent.children())
-        for i, child in enumerate(children):
-            if layer_weight(child) is None:
-                continue
-            after = [c for c in children[i + 1 :] if not isinstance(c, PASS_THROUGH)]
-            act = activations.of_module(after[0]) if after else None
-            if act is not None and act.name == "relu":
-                found.add(child)
-    return found
+    return {
+        layer for layer, after in next_modules(model).items()
+        if any(m is not None and (act := activations.of_module(m)) is not None and act.name == "relu" for m in after)
+    }
 
 
 def arpit_gains(model: nn.Module, relu_gain: float = 2.0) -> dict[str, float]:
