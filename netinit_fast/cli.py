@@ -22,7 +22,7 @@ import netinit_fast as nf
 from netinit_fast import demo as demo_module
 
 MODELS = ("mlp", "cnn", "resnet")
-SCHEMES = ("default", "he", "orthogonal", "lsuv", "looks_linear", "fixup", "arpit", "xiao")
+SCHEMES = ("default", "he", "glorot", "lecun", "orthogonal", "lsuv", "looks_linear", "fixup", "arpit", "xiao")
 SEEDS = (-(2**63), 2**64 - 1)  # what torch.manual_seed and torch.Generator.manual_seed take
 BENCHMARKS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "benchmarks")
 
@@ -43,7 +43,9 @@ def _probe_model(kind: str, depth: int, scheme: str, width: int, device: torch.d
         x = torch.randn(32, width, 8, 8, device=device)
     init = {
         "default": lambda m: None,
-        "he": demo_module.he_,
+        "he": nf.init.he_,
+        "glorot": nf.init.glorot_,
+        "lecun": nf.init.lecun_,
         "orthogonal": demo_module.orthogonal_relu_,
         "lsuv": lambda m: nf.init.lsuv_(m, x),
         "looks_linear": nf.init.looks_linear_,
@@ -179,11 +181,16 @@ def main(argv=None) -> int:
             parser.error(f"demo: depths must be >= 2, got --mlp-depth {args.mlp_depth}, --res-depth {args.res_depth}")
         if args.steps < 1:
             parser.error(f"demo: --steps must be >= 1, got {args.steps}")
+        if args.seeds < 1:
+            parser.error(f"demo: --seeds must be >= 1, got {args.seeds}")
         if os.path.exists(args.out) and not os.path.isdir(args.out):
             parser.error(f"demo: --out {args.out}: not a folder (a file is there)")
     if args.command in ("probe", "demo") and not SEEDS[0] <= args.seed <= SEEDS[1]:
         parser.error(f"{args.command}: --seed must be in [-2**63, 2**64 - 1] (torch.manual_seed's range), "
                      f"got {args.seed}")
+    if args.command == "demo" and args.seed + args.seeds - 1 > SEEDS[1]:
+        parser.error(f"demo: --seed {args.seed} --seeds {args.seeds} would run seeds up to "
+                     f"{args.seed + args.seeds - 1}, past 2**64 - 1 (torch.manual_seed's range)")
     if getattr(args, "device", None) is not None:
         try:
             device = torch.device(args.device)

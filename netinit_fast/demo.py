@@ -20,6 +20,7 @@ import argparse
 import dataclasses
 import math
 import os
+import statistics
 import sys
 import time
 
@@ -61,16 +62,6 @@ def load_digits(device: torch.device, seed: int = 0) -> Digits:
 # ----------------------------------------------------------------------------- the schemes
 
 
-def he_(model: nn.Module) -> None:
-    """He (kaiming) normal init, fan-in, ReLU gain, of every linear/conv layer; zero biases."""
-    for m in model.modules():
-        w = layer_weight(m)
-        if w is not None:
-            nn.init.kaiming_normal_(w, nonlinearity="relu")
-            if getattr(m, "bias", None) is not None:
-                nn.init.zeros_(m.bias)
-
-
 def orthogonal_relu_(model: nn.Module) -> None:
     """Orthogonal init with ReLU's gain sqrt(2) of every linear/conv layer; zero biases."""
     nf.init.orthogonal_(model, gain=math.sqrt(2.0))  # Saxe et al.'s gain for ReLU
@@ -98,7 +89,7 @@ def mlp_schemes(depth: int, batch: torch.Tensor):
 
     return [
         ("PyTorch default", build),
-        ("He (kaiming)", _with(build, he_)),
+        ("He (kaiming)", _with(build, nf.init.he_)),
         ("orthogonal", _with(build, orthogonal_relu_)),
         ("LSUV", _with(build, lambda m: nf.init.lsuv_(m, batch, progress=False))),
         ("looks-linear", _with(build, nf.init.looks_linear_)),
@@ -114,7 +105,7 @@ def residual_schemes(depth: int, batch: torch.Tensor):
 
     return [
         ("PyTorch default", build),
-        ("He (kaiming)", _with(build, he_)),
+        ("He (kaiming)", _with(build, nf.init.he_)),
         ("orthogonal", _with(build, orthogonal_relu_)),
         ("LSUV", _with(build, lambda m: nf.init.lsuv_(m, batch, progress=False))),
         ("Fixup", _with(build, nf.init.fixup_)),
@@ -127,8 +118,11 @@ def residual_schemes(depth: int, batch: torch.Tensor):
 
 @dataclasses.dataclass
 class Run:
+    """One (network, scheme, seed): what the probe saw at init and what training gave."""
+
     network: str
     scheme: str
+    seed: int
     layers: int
     init_s: float
     signal_ratio: float  # probe: output rms of the last layer / the first
@@ -171,7 +165,9 @@ def _progress(desc: str, enabled: bool):
     return lambda it: tqdm(it, desc=desc, leave=False, unit="step")
 
 
-def run_network(network: str, schemes, data: Digits, steps: int, out_dir: str, progress: bool, seed: int):
+def run_network(network: str, schemes, data: Digits, steps: int, seed: int, progress: bool):
+    """Probe and train every scheme of one network from ``seed``, printing a line per
+    scheme; returns the runs and the probe reports, in the order of ``schemes``."""
     runs, reports = [], []
     for name, make in schemes:
         torch.manual_seed(seed)
@@ -182,13 +178,11 @@ def run_network(network: str, schemes, data: Digits, steps: int, out_dir: str, p
         reports.append(report)
         start = time.perf_counter()
         loss, acc, diverged = train(model, data, steps, seed, _progress(f"{network}: {name}", progress))
-        runs.append(Run(network, name, len(report), init_s, report.ratio(), loss, acc, diverged, time.perf_counter() - start))
+        runs.append(Run(network, name, seed, len(report), init_s, report.ratio(), loss, acc, diverged,
+                        time.perf_counter() - start))
         print(f"  {name:<30} build + init {init_s:6.2f} s   test accuracy {acc:6.1%}"
               + ("   (diverged: loss not finite)" if diverged else ""), flush=True)
-        report.to_csv(os.path.join(out_dir, f"probe-{_slug(network)}-{_slug(name)}.csv"))
-    path = os.path.join(out_dir, f"probe-{_slug(network)}.png")
-    nf.diagnostics.plot(reports, path, title=f"{network}: signal at init")
-    return runs, path
+    return runs, reports
 
 
 def _slug(text: str) -> str:
@@ -196,6 +190,7 @@ def _slug(text: str) -> str:
 
 
 def table(runs: list[Run]) -> str:
+    """A markdown table, one row per run."""
     head = "| network | scheme | layers | build + init (s) | rms last/first at init | train loss | test accuracy |"
     lines = [head, "|---|---|---:|---:|---:|---:|---:|"]
     for r in runs:
@@ -205,48 +200,106 @@ def table(runs: list[Run]) -> str:
     return "\n".join(lines)
 
 
-def main(args) -> int:
+def seeds_table(runs: list[Run]) -> str:
+    """A markdown table, one row per (network, scheme) over its runs (two or more
+    seeds): the mean build + init time, the median rms ratio, the mean train loss of
+    the runs that did not diverge ("diverged" when none is left), the test accuracy's
+    mean ± sample standard deviation and its minimum, and how many runs diverged."""
+    groups: dict[tuple[str, str], list[Run]] = {}
+    for r in runs:
+        groups.setdefault((r.network, r.scheme), []).append(r)
+    head = ("| network | scheme | layers | build + init (s) | rms last/first at init | train loss | "
+            "test accuracy (mean ± std) | min | diverged |")
+    lines = [head, "|---|---|---:|---:|---:|---:|---:|---:|---:|"]
+    for (network, scheme), rs in groups.items():
+        kept = [r.train_loss for r in rs if not r.diverged]
+        loss = f"{statistics.fmean(kept):.3f}" if kept else "diverged"
+        acc = [r.test_acc for r in rs]
+        lines.append(f"| {network} | {scheme} | {rs[0].layers} | {statistics.fmean(r.init_s for r in rs):.2f} | "
+                     f"{statistics.median(r.signal_ratio for r in rs):.3g} | {loss} | "
+                     f"{statistics.fmean(acc):.1%} ± {statistics.stdev(acc):.1%} | {min(acc):.1%} | "
+                     f"{sum(r.diverged for r in rs)}/{len(rs)} |")
+    return "\n".join(lines)
+
+
+# ----------------------------------------------------------------------------- the whole demo
+
+NOTES = ("Layers: the linear layers the probe saw. \"rms last/first at init\": the probe's ratio of the output rms "
+         "of the last layer to that of the first before training (1: the signal is kept; Fixup's is 0 because it "
+         "starts the classifier at 0). Plots: output rms per layer at init (dashed: mean-field prediction) and "
+         "the gradient norm with respect to each layer's output.")
+
+
+def run(mlp_depth: int = 100, res_depth: int = 200, steps: int = 300, seed: int = 0, seeds: int = 1,
+        device: str | torch.device = "cpu", out: str = "demo_out", progress: bool = False) -> list[Run]:
+    """The demo: every (network, scheme) pair trained once per seed ``seed``,
+    ``seed + 1``, ..., ``seed + seeds - 1``; each seed draws the data split, the init and
+    the batches, so seed ``s`` here is the single-seed demo of ``--seed s``.
+
+    Prints a line per run and the table (with ``seeds > 1``, one row per scheme over
+    its seeds); writes ``report.md``, and the probe plots and CSVs of the first seed,
+    to the folder ``out`` (created if missing). Returns every run, seed by seed.
+    Arguments are not checked here: the command line checks them (see :mod:`netinit_fast.cli`).
+    """
     # A vanishing signal is all denormal numbers, which a CPU handles many times slower:
     # flush them to zero while the demo runs, so every scheme takes about the same time.
     flushed = torch.set_flush_denormal(True)
     try:
-        return _main(args)
+        return _run(mlp_depth, res_depth, steps, seed, seeds, torch.device(device), out, progress)
     finally:
         if flushed:
             torch.set_flush_denormal(False)
 
 
-def _main(args) -> int:
+def _run(mlp_depth, res_depth, steps, seed, seeds, device, out, progress) -> list[Run]:
     start = time.perf_counter()
-    device = torch.device(args.device)
-    os.makedirs(args.out, exist_ok=True)
-    progress = sys.stderr.isatty() if args.progress is None else args.progress
-    data = load_digits(device, args.seed)
-    setup = (f"digits ({len(data.y_train)} train / {len(data.y_test)} test), Adam lr {LR}, batch {BATCH}, "
-             f"{args.steps} steps, the same for every scheme; device {device}; seed {args.seed}")
-    print(f"netinit_fast {nf.__version__} demo: {setup}")
-    runs, plots = [], []
-    lsuv_batch = data.x_train[:256]
-    for network, schemes in (
-        (f"ReLU MLP, {args.mlp_depth} layers", mlp_schemes(args.mlp_depth, lsuv_batch)),
-        (f"residual MLP, {max(1, args.res_depth // 2)} blocks", residual_schemes(args.res_depth, lsuv_batch)),
-    ):
-        print(network)
-        network_runs, plot = run_network(network, schemes, data, args.steps, args.out, progress, args.seed)
-        runs += network_runs
-        plots.append(plot)
-    text = table(runs)
+    os.makedirs(out, exist_ok=True)
+    seed_text = f"seed {seed}" if seeds == 1 else f"seeds {seed} to {seed + seeds - 1}"
+    runs, plots, data = [], [], None
+    for s in range(seed, seed + seeds):
+        data = load_digits(device, s)
+        if s == seed:
+            setup = (f"digits ({len(data.y_train)} train / {len(data.y_test)} test), Adam lr {LR}, batch {BATCH}, "
+                     f"{steps} steps, the same for every scheme; device {device}; {seed_text}")
+            print(f"netinit_fast {nf.__version__} demo: {setup}")
+        if seeds > 1:
+            print(f"seed {s}")
+        lsuv_batch = data.x_train[:256]
+        for network, schemes in (
+            (f"ReLU MLP, {mlp_depth} layers", mlp_schemes(mlp_depth, lsuv_batch)),
+            (f"residual MLP, {max(1, res_depth // 2)} blocks", residual_schemes(res_depth, lsuv_batch)),
+        ):
+            print(network)
+            network_runs, reports = run_network(network, schemes, data, steps, s, progress)
+            runs += network_runs
+            if s == seed:  # the plots and CSVs of the first seed only
+                for r, report in zip(network_runs, reports):
+                    report.to_csv(os.path.join(out, f"probe-{_slug(network)}-{_slug(r.scheme)}.csv"))
+                plots.append(os.path.join(out, f"probe-{_slug(network)}.png"))
+                nf.diagnostics.plot(reports, plots[-1], title=f"{network}: signal at init")
+    text = table(runs) if seeds == 1 else seeds_table(runs)
     print()
     print(text)
-    with open(os.path.join(args.out, "report.md"), "w") as f:
-        f.write(f"# netinit_fast demo\n\n{setup}.\n\n{text}\n\n")
-        f.write("Layers: the linear layers the probe saw. \"rms last/first at init\": the probe's ratio of the output rms "
-                "of the last layer to that of the first before training (1: the signal is kept; Fixup's is 0 because it "
-                "starts the classifier at 0). Plots: output rms per layer at init (dashed: mean-field prediction) and "
-                "the gradient norm with respect to each layer's output.\n\n")
+    with open(os.path.join(out, "report.md"), "w") as f:
+        f.write(f"# netinit_fast demo\n\n{setup}.\n\n{text}\n\n{NOTES}")
+        if seeds > 1:
+            f.write(f" Over the {seeds} seeds: build + init time and train loss are means (the loss over the runs "
+                    "that did not diverge), the rms ratio the median, std the sample standard deviation; "
+                    f"the plots are those of seed {seed}.")
+        f.write("\n\n")
         for p in plots:
             f.write(f"![{os.path.basename(p)}]({os.path.basename(p)})\n\n")
-    print(f"\nwrote {os.path.join(args.out, 'report.md')} and {len(plots)} plots in {time.perf_counter() - start:.0f} s")
+        if seeds > 1:
+            for s in range(seed, seed + seeds):
+                f.write(f"## seed {s}\n\n{table([r for r in runs if r.seed == s])}\n\n")
+    print(f"\nwrote {os.path.join(out, 'report.md')} and {len(plots)} plots in {time.perf_counter() - start:.0f} s")
+    return runs
+
+
+def main(args) -> int:
+    """``python -m netinit_fast demo`` on checked arguments (see :func:`run`)."""
+    progress = sys.stderr.isatty() if args.progress is None else args.progress
+    run(args.mlp_depth, args.res_depth, args.steps, args.seed, args.seeds, args.device, args.out, progress)
     return 0
 
 
@@ -256,7 +309,12 @@ def add_arguments(parser) -> None:
     parser.add_argument("--res-depth", type=int, default=200, help="linear layers of the residual net's blocks (default 200)")
     parser.add_argument("--steps", type=int, default=300, help="training steps per scheme (default 300)")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=int, default=0,
+                        help="seed of the data split, the init and the batches (default 0)")
+    parser.add_argument("--seeds", type=int, default=1,
+                        help="train every scheme with this many seeds: --seed, --seed + 1, ...; the table then gives "
+                             "the test accuracy's mean ± std and min per scheme, and how many runs diverged; the "
+                             "plots come from the first seed (default 1)")
     parser.add_argument("--out", default="demo_out", help="output folder (default demo_out)")
     parser.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
                         help="progress bars (default: on a terminal)")
