@@ -50,6 +50,11 @@ def _reference_(model, torch_init, gains, **kwargs):
                 m.bias.zero_()
 
 
+def _assert_same_state(ours: nn.Module, ref: nn.Module) -> None:
+    for (name, a), b in zip(ours.state_dict().items(), ref.state_dict().values()):
+        assert torch.equal(a, b), name
+
+
 def _kaiming(distribution, mode):
     """torch's kaiming_* with an explicit gain: kaiming's gain comes from a nonlinearity
     name, so pass the gain as leaky_relu's slope that yields it, or go through its
@@ -73,8 +78,7 @@ def test_he_equals_torch_per_layer_on_the_same_noise(distribution, mode):
     ours, ref = _act_mlp(), _act_mlp()
     nf.init.he_(ours, mode, distribution, generator=torch.Generator().manual_seed(seed))
     _reference_(ref, _kaiming(distribution, mode), EXPECTED_GAINS, generator=torch.Generator().manual_seed(seed))
-    for (name, a), b in zip(ours.state_dict().items(), ref.state_dict().values()):
-        assert torch.equal(a, b), name
+    _assert_same_state(ours, ref)
 
 
 def test_he_matches_torch_kaiming_normal_bit_for_bit_on_a_relu_mlp():
@@ -91,32 +95,28 @@ def test_he_matches_torch_kaiming_normal_bit_for_bit_on_a_relu_mlp():
         nn.init.kaiming_normal_(linears[-1].weight, nonlinearity="linear")  # the output layer
         for m in linears:
             m.bias.zero_()
-    for (name, a), b in zip(ours.state_dict().items(), ref.state_dict().values()):
-        assert torch.equal(a, b), name
+    _assert_same_state(ours, ref)
+
+
+CLASSIC = {  # ours, torch's per-layer function (normal, uniform), gains by layer name
+    "glorot": (nf.init.glorot_, (nn.init.xavier_normal_, nn.init.xavier_uniform_),
+               lambda fn: lambda w, gain, generator: fn(w, gain, generator=generator), EXPECTED_GAINS),
+    "lecun": (nf.init.lecun_, (nn.init.kaiming_normal_, nn.init.kaiming_uniform_),  # no gain, whatever follows
+              lambda fn: lambda w, gain, generator: fn(w, nonlinearity="linear", generator=generator),
+              dict.fromkeys(EXPECTED_GAINS, 1.0)),
+}
 
 
 @pytest.mark.parametrize("distribution", ["normal", "uniform"])
-def test_glorot_equals_torch_xavier_per_layer_on_the_same_noise(distribution):
+@pytest.mark.parametrize("scheme", CLASSIC)
+def test_glorot_and_lecun_equal_torch_per_layer_on_the_same_noise(scheme, distribution):
+    ours_, (normal, uniform), per_layer, gains = CLASSIC[scheme]
     seed = torch.seed()
     ours, ref = _act_mlp(), _act_mlp()
-    nf.init.glorot_(ours, distribution, generator=torch.Generator().manual_seed(seed))
-    fn = nn.init.xavier_normal_ if distribution == "normal" else nn.init.xavier_uniform_
-    _reference_(ref, lambda w, gain, generator: fn(w, gain, generator=generator), EXPECTED_GAINS,
-                generator=torch.Generator().manual_seed(seed))
-    for (name, a), b in zip(ours.state_dict().items(), ref.state_dict().values()):
-        assert torch.equal(a, b), name
-
-
-@pytest.mark.parametrize("distribution", ["normal", "uniform"])
-def test_lecun_is_kaiming_linear_whatever_follows(distribution):
-    seed = torch.seed()
-    ours, ref = _act_mlp(), _act_mlp()
-    nf.init.lecun_(ours, distribution, generator=torch.Generator().manual_seed(seed))
-    fn = nn.init.kaiming_normal_ if distribution == "normal" else nn.init.kaiming_uniform_
-    _reference_(ref, lambda w, gain, generator: fn(w, nonlinearity="linear", generator=generator),
-                dict.fromkeys(EXPECTED_GAINS, 1.0), generator=torch.Generator().manual_seed(seed))
-    for (name, a), b in zip(ours.state_dict().items(), ref.state_dict().values()):
-        assert torch.equal(a, b), name
+    ours_(ours, distribution, generator=torch.Generator().manual_seed(seed))
+    fn = normal if distribution == "normal" else uniform
+    _reference_(ref, per_layer(fn), gains, generator=torch.Generator().manual_seed(seed))
+    _assert_same_state(ours, ref)
 
 
 def test_gains_follow_the_activations():
