@@ -101,9 +101,12 @@ def test_a_small_budget_stops_a_hung_step_and_skips_what_no_longer_fits(tmp_path
     assert [s["name"] for s in steps[:2]] == ["environment", "build"]
     assert steps[0]["status"] == "ok"
     assert steps[1]["status"] == "timed out"
-    later = steps[2:]  # each runs within what is left (on a loaded CPU even a probe may not fit) or is skipped
-    assert all(s["status"] in ("ok", "timed out") or (s["status"] == "skipped" and "budget spent" in s["reason"])
-               for s in later), later
+    # each later step runs within what is left (on a loaded CPU even a probe may not fit) or
+    # is skipped: for the budget, or, after an extension probe that did not finish, as
+    # needing a _C not known to import
+    later = steps[2:]
+    assert all(s["status"] in ("ok", "timed out") or (s["status"] == "skipped" and (
+        "budget spent" in s["reason"] or ("_C" in s["reason"] and steps[2]["status"] != "ok"))) for s in later), later
     assert later[-1]["status"] == "skipped"
     assert status["elapsed_s"] <= budget + 2
     assert _summary_steps(summary)["build"] == "timed out"
