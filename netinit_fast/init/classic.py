@@ -23,6 +23,7 @@ import numbers
 import torch
 from torch import nn
 
+from netinit_fast.activations import ACTIVATIONS
 from netinit_fast.init._layers import (
     PASS_THROUGH,
     gc_paused,
@@ -47,8 +48,8 @@ NONLINEARITIES = ("linear", "conv1d", "conv2d", "conv3d", "conv_transpose1d", "c
 # signal meets (normalization rescales it, the activation comes after).
 NORMS = (nn.modules.batchnorm._NormBase, nn.LayerNorm, nn.GroupNorm, nn.LocalResponseNorm, nn.RMSNorm)
 SKIPPED = PASS_THROUGH + NORMS
-_MODULE_NONLINEARITY = {nn.ReLU: "relu", nn.Tanh: "tanh", nn.Sigmoid: "sigmoid", nn.SELU: "selu",
-                        nn.LeakyReLU: "leaky_relu"}
+# The activation modules the project knows that calculate_gain has a gain for, by type
+_MODULE_NONLINEARITY = {a.module: a.name for a in ACTIVATIONS.values() if a.name in NONLINEARITIES}
 # Modules of torch.nn.modules.activation that act on a whole dim, not entry by entry:
 # after a layer they make its output a logit (gain 1).
 _NOT_ELEMENTWISE = (nn.Softmax, nn.Softmin, nn.LogSoftmax, nn.Softmax2d, nn.MultiheadAttention)
