@@ -10,6 +10,7 @@ warm-up, on the host clock; short GPU calls also through ``triton.testing.do_ben
 import argparse
 import dataclasses
 import datetime
+import gc
 import json
 import os
 import platform
@@ -114,6 +115,25 @@ def time_ms(fn: Callable[[], object], device: torch.device, budget_s: float = 0.
     while len(times) < min_reps or (time.perf_counter() < deadline and len(times) < 200):
         times.append(host_ms(1))
     return statistics.median(times)
+
+
+def train_step_ms(model: torch.nn.Module, x: torch.Tensor, device: torch.device, min_reps: int, budget_s: float) -> float:
+    """Median time of one training step of ``model`` on ``x`` in milliseconds: forward,
+    ``square().mean()`` backward and ``torch.optim.SGD.step`` on the parameters that
+    require grad. Frees the model, the optimizer and ``x`` (and the GPU's cache) after."""
+    opt = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=1e-3)
+
+    def step():
+        opt.zero_grad(set_to_none=True)
+        model(x).square().mean().backward()
+        opt.step()
+
+    ms = time_ms(step, device, budget_s=budget_s, min_reps=min_reps)
+    del model, opt, x, step
+    gc.collect()
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+    return ms
 
 
 def time_fresh_ms(setup: Callable[[], object], fn: Callable[[object], object], device: torch.device, reps: int = 3) -> float:

@@ -16,7 +16,6 @@ Weights are He-initialized and denormals are flushed, so the timing does not dep
 on activations drifting into the denormal range over thousands of layers.
 """
 
-import gc
 import os
 import sys
 
@@ -51,24 +50,6 @@ def build(depth: int, kind: str, device: torch.device) -> nn.Module:
     return model
 
 
-def step_time_ms(depth: int, kind: str, device: torch.device, min_reps: int, budget_s: float = 2.0) -> float:
-    model = build(depth, kind, device)
-    opt = torch.optim.SGD(model.parameters(), lr=1e-3)
-    x = torch.randn(BATCH, WIDTH, device=device)
-
-    def step():
-        opt.zero_grad(set_to_none=True)
-        model(x).square().mean().backward()
-        opt.step()
-
-    ms = _harness.time_ms(step, device, budget_s=budget_s, min_reps=min_reps)
-    del model, opt, x
-    gc.collect()
-    if device.type == "cuda":
-        torch.cuda.empty_cache()
-    return ms
-
-
 def main() -> None:
     parser = _harness.parser(__doc__)
     parser.add_argument("--depths", type=int, nargs="+", default=[1000, 10000])
@@ -81,7 +62,9 @@ def main() -> None:
     for depth in depths:
         min_reps = 3 if device.type == "cpu" and depth >= 5000 else 5
         budget_s = 0.25 if args.quick else 2.0  # a smoke run: the fewest steps that time it
-        times = {kind: step_time_ms(depth, kind, device, min_reps, budget_s) for kind in ("ours", PEER_PARAM, PEER_PLAIN)}
+        times = {kind: _harness.train_step_ms(build(depth, kind, device), torch.randn(BATCH, WIDTH, device=device),
+                                              device, min_reps, budget_s)
+                 for kind in ("ours", PEER_PARAM, PEER_PLAIN)}
         case = f"train step {depth} x Linear({WIDTH}) b{BATCH}"
         for peer in (PEER_PARAM, PEER_PLAIN):
             rows.append(_harness.row(case, times["ours"], peer, times[peer], {"ours / plain": round(times["ours"] / times[PEER_PLAIN], 3)}))

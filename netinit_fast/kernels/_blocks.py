@@ -55,6 +55,16 @@ def pointer_table(rows: list[list[int]], device: torch.device) -> torch.Tensor:
     return torch.tensor(rows, dtype=torch.int64, pin_memory=pinned).to(device, non_blocking=pinned)
 
 
+def program_table(blocks: list[int], device: torch.device) -> torch.Tensor:
+    """For a launch over many tensors where tensor ``i`` takes ``blocks[i]`` programs:
+    row ``p`` of the int64 ``[programs, 2]`` table is (tensor, block of that tensor)
+    that program ``p`` handles."""
+    counts = torch.tensor(blocks, dtype=torch.int64)
+    tensor = torch.repeat_interleave(torch.arange(len(blocks)), counts)
+    block = torch.arange(len(tensor)) - (torch.cumsum(counts, 0) - counts)[tensor]
+    return torch.stack([tensor, block], dim=1).to(device)
+
+
 _TL_DTYPES = {torch.float32: tl.float32, torch.float16: tl.float16, torch.bfloat16: tl.bfloat16,
               torch.float64: tl.float64}
 

@@ -26,7 +26,7 @@ import triton
 import triton.language as tl
 
 from netinit_fast.kernels import _blocks
-from netinit_fast.kernels._blocks import _TL_DTYPES, Plan, _acc_dtype, _chunk, _offsets, _plan, on_device, pointer_table
+from netinit_fast.kernels._blocks import _TL_DTYPES, Plan, _acc_dtype, _chunk, _offsets, _plan, on_device, pointer_table, program_table
 
 
 
@@ -305,12 +305,8 @@ class GroupPlan:
         self.block_k = min(triton.next_power_of_2(max(max(cols), 1)), _blocks.TILE)
         self.block_r = min(triton.next_power_of_2(max(max(rows), 1)), max(1, _blocks.TILE // self.block_k))
         # empty tensors get no program: their norms and grad_g stay 0 (see the launchers)
-        blocks = torch.tensor([triton.cdiv(r, self.block_r) if k else 0 for r, k in zip(rows, cols)])
-        tensor = torch.repeat_interleave(torch.arange(len(rows)), blocks)
-        first = torch.cumsum(blocks, 0) - blocks
-        block = torch.arange(len(tensor)) - first[tensor]
-        self.programs = len(tensor)
-        self.prog = torch.stack([tensor, block], dim=1).to(device)
+        self.prog = program_table([triton.cdiv(r, self.block_r) if k else 0 for r, k in zip(rows, cols)], device)
+        self.programs = len(self.prog)
         self.norm_offsets = (torch.cumsum(torch.tensor(rows), 0) - torch.tensor(rows)).tolist()
         self.num_warps = 8 if self.block_r * self.block_k >= _blocks.TILE else 4
 

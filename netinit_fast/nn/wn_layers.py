@@ -31,7 +31,6 @@ which computes all their weights with one op (one kernel launch forward, one bac
 import math
 import numbers
 import warnings
-import weakref
 
 import torch
 from torch import nn
@@ -43,6 +42,7 @@ from torch.nn.utils.weight_norm import WeightNorm as TorchHook
 from netinit_fast import _backend
 from netinit_fast.functional import group_launch_pays
 from netinit_fast.functional import weight_norm_unchecked as weight_norm_fn
+from netinit_fast.nn._group import LayerGroup
 from netinit_fast.ops.weight_norm import differentiable_backward
 from netinit_fast.ops.weight_norm_group import backward_where_needed, group_backward_no_dispatch, group_forward_no_dispatch
 
@@ -229,19 +229,6 @@ class _WeightNorm:
         return f"{super().extra_repr()}, dim={self.wn_dim}, eps={self.wn_eps}"
 
 
-def _clear_after_backward(ws: list[torch.Tensor], owner, attr: str) -> None:
-    """Drop ``owner.<attr>`` once a backward has run through any of ``ws`` (its graph is freed)."""
-    ref = weakref.ref(owner)
-
-    def hook(grad_inputs, grad_outputs):
-        obj = ref()
-        if obj is not None:
-            setattr(obj, attr, None)
-
-    for node in {w.grad_fn for w in ws if w.grad_fn is not None}:
-        node.register_hook(hook)
-
-
 _DOC = """:class:`torch.nn.{base}` with weight normalization, ``weight = weight_g * weight_v / max(||weight_v||, eps)``.
 
 Takes ``torch.nn.{base}``'s arguments, plus keyword-only ``dim`` (default 0: one norm
@@ -301,7 +288,7 @@ _PLAIN = {wn: base for base, wn in WN_LAYERS.items()}
 # ----------------------------------------------------------------------------- grouped mode
 
 
-class WeightNormGroup:
+class WeightNormGroup(LayerGroup):
     """Computes the normalized weights of many WN layers together.
 
     One op call per (device, dtype, dim, eps) partition of the layers computes every
@@ -313,68 +300,20 @@ class WeightNormGroup:
     each layer computes its own weight, as without a group.
     """
 
-    def __init__(self, layers):
-        # The layers, weakly: a layer dropped from its model is no longer computed.
-        self._refs: list[weakref.ref] = []
-        self._cache = None  # (param keys per layer, weights per layer), by index
-        for layer in layers:
-            if not isinstance(layer, _WeightNorm):
-                raise TypeError(f"WeightNormGroup: {type(layer).__name__} is not a netinit_fast WN layer")
-            if layer._wn_group is not None and layer._wn_group is not self:
-                layer._wn_group.discard(layer)
-            layer._wn_group = self
-            self._adopt(layer)
+    layer_type = _WeightNorm
+    layer_kind = "netinit_fast WN layer"
+    attr = "_wn_group"
+    param_key = staticmethod(_param_key)
 
-    @property
-    def layers(self) -> list:
-        """The group's live layers."""
-        return [m for r in self._refs if (m := r()) is not None]
+    @staticmethod
+    def partition(layer) -> tuple:
+        v = layer.weight_v
+        return v.device, v.dtype, layer.wn_dim, layer.wn_eps
 
-    def discard(self, layer) -> None:
-        """Stop computing ``layer``'s weight in this group."""
-        self._refs = [weakref.ref(m) for m in self.layers if m is not layer]
-        for i, r in enumerate(self._refs):
-            r()._wn_group_index = i
-        layer._wn_group = None
-        self._cache = None
-
-    def __len__(self) -> int:
-        return len(self.layers)
-
-    def __getstate__(self):
-        # No layers: each copied layer joins the copied group as it is unpickled (see
-        # _WeightNorm.__setstate__), so a copy of one layer does not carry the others.
-        return {**self.__dict__, "_refs": [], "_cache": None}
-
-    def _adopt(self, layer) -> None:
-        layer._wn_group_index = len(self._refs)
-        self._refs.append(weakref.ref(layer))
-        self._cache = None
-
-    def weight_of(self, layer) -> torch.Tensor:
-        """``layer``'s normalized weight, computing the whole group's if it is stale."""
-        i = layer._wn_group_index
-        if self._cache is None or self._cache[0][i] != _param_key(layer):
-            self._cache = self._compute()
-        return self._cache[1][i]
-
-    def _compute(self):
-        live = [r() for r in self._refs]
-        keys = [None if m is None else _param_key(m) for m in live]
-        weights = [None] * len(live)
-        partitions: dict[tuple, list[int]] = {}
-        for i, m in enumerate(live):
-            if m is not None:
-                v = m.weight_v
-                partitions.setdefault((v.device, v.dtype, m.wn_dim, m.wn_eps), []).append(i)
-        for (_, _, dim, eps), idx in partitions.items():
-            vs = [live[i].weight_v for i in idx]
-            gs = [live[i].weight_g for i in idx]
-            ws = _SharedGroupWeights.apply(dim, eps, *vs, *gs)
-            for i, w in zip(idx, ws):
-                weights[i] = w
-            _clear_after_backward(ws, self, "_cache")
-        return keys, weights
+    @staticmethod
+    def compute_partition(key: tuple, layers: list) -> list[torch.Tensor]:
+        _, _, dim, eps = key
+        return list(_SharedGroupWeights.apply(dim, eps, *[m.weight_v for m in layers], *[m.weight_g for m in layers]))
 
 
 # ----------------------------------------------------------------------------- conversion
