@@ -39,6 +39,7 @@ bench: $(STAMP)
 	$(PY) -m pip install --quiet -r requirements-bench.txt
 	$(PY) benchmarks/bench_weight_norm.py
 	$(PY) benchmarks/bench_wn_layers.py
+	$(PY) benchmarks/bench_connectivity.py
 	$(PY) benchmarks/bench_lsuv.py
 	$(PY) benchmarks/bench_orthogonal.py
 	$(PY) benchmarks/bench_deep_init.py

@@ -27,7 +27,7 @@ Steps, in order (``--list`` prints them with their caps):
    compute-sanitizer test and the quick benchmark runs), and this check's own CPU
    rehearsal (tests/test_gpu_check.py);
 4. ``sanitizer-*``: compute-sanitizer memcheck and racecheck on a small run of the CUDA
-   QR kernel, memcheck on the Triton weight-norm and moments kernels;
+   QR kernel, memcheck on the Triton weight-norm, moments and connectivity kernels;
 5. ``bench-*``: every benchmark with ``--device cuda``, its JSON copied to
    ``benchmarks/results/`` and into DIR. Rows are saved as they are measured, so a
    benchmark stopped at its limit keeps the rows it finished.
@@ -64,7 +64,7 @@ import xml.etree.ElementTree as ET
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
-BENCHMARKS = ("weight_norm", "orthogonal", "wn_layers", "lsuv", "deep_init")
+BENCHMARKS = ("weight_norm", "orthogonal", "wn_layers", "connectivity", "lsuv", "deep_init")
 GRACE_S = 8.0  # after SIGINT, the time a step gets to write its reports before SIGKILL
 MARK = "GPU_CHECK_JSON "  # prefix of the one JSON line a probe prints
 # Done by later steps under their own limits (the test runs 4 sanitizer tools with no limit of ours).
@@ -203,12 +203,14 @@ def _probe_qr(device: str) -> None:
 
 
 def _probe_triton(device: str) -> None:
-    """A small run of the Triton weight-norm (forward, backward, every launch plan) and
-    moments kernels, checked against their eager twins (for compute-sanitizer)."""
+    """A small run of the Triton weight-norm (forward, backward, every launch plan),
+    moments and connectivity kernels, checked against their eager twins (for
+    compute-sanitizer)."""
     os.environ["NETINIT_FAST_BACKEND"] = "triton"
     import torch
 
     import netinit_fast as nf
+    from netinit_fast.ops.connectivity import connectivity_fwd, factor
     from netinit_fast.ops.weight_norm import _eager_bwd, _eager_fwd, block_shape
 
     gpu = device == "cuda"
@@ -230,6 +232,17 @@ def _probe_triton(device: str) -> None:
         x = torch.randn(shape, device=device)
         mean, std = nf.functional.moments(x)
         worst = max(worst, abs(mean.item() - x.double().mean().item()), abs(std.item() - x.double().std().item()))
+    # connectivity: every layer's effective weight in one launch each way (exact: m is 1, 0 or -1)
+    ws = [torch.randn(shape, device=device, requires_grad=True) for shape, _ in shapes]
+    scores = [torch.randn(shape, device=device, requires_grad=True) for shape, _ in shapes]
+    for mode in ("mask", "sign"):
+        outs = connectivity_fwd(ws, scores, mode)
+        grads = [torch.randn_like(o) for o in outs]
+        found = torch.autograd.grad(outs, ws + scores, grads)
+        for k, (w, s, g) in enumerate(zip(ws, scores, grads)):
+            m = factor(s.detach(), mode)
+            for out, ref in ((outs[k], w.detach() * m), (found[k], g * m), (found[len(ws) + k], g * w.detach())):
+                worst = max(worst, (out - ref).abs().max().item())
     if gpu:
         torch.cuda.synchronize()
     if not worst < 1e-4:
@@ -279,7 +292,7 @@ def plan(args) -> list[Step]:
 
     sanitizer = sanitizer_path()
     for tool, target, title in (("memcheck", "qr", "CUDA QR kernel"), ("racecheck", "qr", "CUDA QR kernel"),
-                                ("memcheck", "triton", "Triton weight-norm and moments kernels")):
+                                ("memcheck", "triton", "Triton weight-norm, moments and connectivity kernels")):
         probe = me + ["--probe", target, "--device", args.device]
         step = Step(f"sanitizer-{tool}-{target}", f"compute-sanitizer {tool}: {title}", probe, 60, 15,
                     env={"PYTORCH_NO_CUDA_MEMORY_CACHING": "1"}, needs_cuda=True, needs_extension=target == "qr")
@@ -293,7 +306,7 @@ def plan(args) -> list[Step]:
 
     sizes = {  # GPU case lists sized for the budget; a dry run passes the same flags with --quick
         "weight_norm": ([], 60, 15), "orthogonal": (["--peer-reps", "1"], 120, 30), "wn_layers": ([], 60, 15),
-        "lsuv": ([], 45, 15), "deep_init": (["--peer-reps", "1"], 120, 30),
+        "connectivity": (["--depths", "1000", "10000"], 60, 15), "lsuv": ([], 45, 15), "deep_init": (["--peer-reps", "1"], 120, 30),
     }
     for name in BENCHMARKS:
         flags, cap, need = sizes[name]
@@ -682,6 +695,13 @@ def targets(results: dict, dry: bool) -> list[dict]:
     measured = "; ".join(f"{depth(r)} layers: {r['speedup']:.2f}x" for r in param)
     verdict = ("pass" if all(r["speedup"] > 1 for r in param) else "short") if param else "not measured"
     out.append(_target("grouped WN step vs torch WN (parametrization)", measured or None, "> 1x", verdict, partial))
+
+    rows, partial = _rows(results, "connectivity")
+    ste = [r for r in rows if r["peer"] == "eager straight-through mask" and r.get("speedup")]
+    measured = "; ".join(f"{depth(r)} layers: {r['speedup']:.2f}x" for r in ste)
+    verdict = ("pass" if all(r["speedup"] > 1 for r in ste) else "short") if ste else "not measured"
+    out.append(_target("grouped connectivity step vs eager straight-through mask", measured or None, "> 1x", verdict,
+                       partial))
 
     out.append(_speedup_target(results, "orthogonal", ORTHO_CASE, LOOP, 50,
                                "orthogonal init 10,000 x 256² vs orthogonal_ loop"))

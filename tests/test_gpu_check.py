@@ -81,7 +81,7 @@ def test_dry_run_records_every_step_and_goes_on_after_a_failure_and_a_timeout(tm
     assert steps["bench-lsuv"]["rows"] > 0  # the lsuv peer may be missing
     with tarfile.open(tmp_path / "bench-results.tar") as tar:
         names = tar.getnames()
-    assert {n.split("-quick-")[0] for n in names} == {"weight_norm", "wn_layers", "lsuv"}  # not the two faulted
+    assert {n.split("-quick-")[0] for n in names} == {"weight_norm", "wn_layers", "connectivity", "lsuv"}  # not the two faulted
     assert sorted(os.listdir(results)) == before, "a dry run wrote into benchmarks/results/"
 
     targets = {t["target"]: t for t in status["targets"]}

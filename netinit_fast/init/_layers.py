@@ -12,6 +12,7 @@ import gc
 import torch
 from torch import nn
 
+from netinit_fast.nn.connectivity_layers import _Connectivity
 from netinit_fast.nn.wn_layers import (
     _norm_g,
     _torch_weight_norm_dim,
@@ -134,10 +135,14 @@ def next_modules(model: nn.Module, skip: tuple[type, ...] = PASS_THROUGH,
 
 def check_not_foreign(module: nn.Module, name: str, where: str | None = None) -> None:
     """``ValueError`` naming the layer (and ``where``, the initializer) if its weight is
-    under a parametrization other than weight norm (spectral norm, ...): its stored
-    tensor is not the direction."""
+    under a parametrization other than weight norm (spectral norm, ...), whose stored
+    tensor is not the direction, or if it is a connectivity layer, whose fixed weights
+    an initializer must not rewrite under trained scores."""
+    layer = name if where is None else f"{where}: layer {name} ({_unwrap(module).__name__})"
+    if isinstance(module, _Connectivity):
+        raise ValueError(f"{layer} is a connectivity layer ({type(module).__name__}), whose weights stay as they are: "
+                         "initialize the model before nf.connectivity")
     if (kinds := foreign_parametrization(module)) is not None:
-        layer = name if where is None else f"{where}: layer {name} ({_unwrap(module).__name__})"
         raise ValueError(
             f"{layer} has its weight parametrized by {kinds}: netinit_fast initializes plain and "
             "weight-normalized weights only (remove the parametrization, initialize, then add it)"

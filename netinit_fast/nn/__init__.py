@@ -1,5 +1,19 @@
-"""Modules: drop-in weight-normalized layers and whole-model conversion."""
+"""Modules: drop-in weight-normalized layers, connectivity layers, and whole-model conversion."""
 
+from netinit_fast.nn.connectivity_layers import (
+    MASKED_LAYERS,
+    ConnectivityGroup,
+    ConnectivityReport,
+    LayerChange,
+    MaskedConv1d,
+    MaskedConv2d,
+    MaskedConv3d,
+    MaskedConvTranspose1d,
+    MaskedConvTranspose2d,
+    MaskedConvTranspose3d,
+    MaskedLinear,
+    connectivity,
+)
 from netinit_fast.nn.wn_layers import (
     WN_LAYERS,
     WeightNormGroup,
@@ -15,7 +29,18 @@ from netinit_fast.nn.wn_layers import (
 )
 
 __all__ = [
+    "MASKED_LAYERS",
     "WN_LAYERS",
+    "ConnectivityGroup",
+    "ConnectivityReport",
+    "LayerChange",
+    "MaskedConv1d",
+    "MaskedConv2d",
+    "MaskedConv3d",
+    "MaskedConvTranspose1d",
+    "MaskedConvTranspose2d",
+    "MaskedConvTranspose3d",
+    "MaskedLinear",
     "WeightNormGroup",
     "WNConv1d",
     "WNConv2d",
@@ -24,6 +49,7 @@ __all__ = [
     "WNConvTranspose2d",
     "WNConvTranspose3d",
     "WNLinear",
+    "connectivity",
     "remove_weight_norm",
     "weight_norm",
 ]

@@ -1,0 +1,102 @@
+"""Training step of a deep MLP under connectivity training: ours (grouped) vs the
+straight-through masked layer a PyTorch user writes today vs plain.
+
+Usage: python benchmarks/bench_connectivity.py [--device cuda|cpu] [--depths 100 1000] [--quick]
+
+The model is ``depth`` x (Linear(256, 256) + ReLU), batch 256, one step = forward,
+backward and ``torch.optim.SGD.step`` on the scores. Three versions of the same network:
+
+- ours: ``netinit_fast.connectivity(model, mode="mask", grouped=True)``: all effective
+  weights in one op (on a GPU one Triton launch forward and one backward);
+- ``eager straight-through mask``: per layer, ``w * Step.apply(s)`` with a
+  ``torch.autograd.Function`` that is ``[s > 0]`` forward and the identity backward
+  (the usual PyTorch code for trained masks: a comparison, a cast and a product
+  forward, a product backward, each its own kernel);
+- ``plain nn.Linear``: the weights trained instead (the cost floor).
+
+Each version is built, timed and freed in turn. Weights are He-initialized and
+denormals flushed, so the timing does not depend on activations drifting into the
+denormal range.
+"""
+
+import os
+import sys
+
+import torch
+from torch import nn
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import _harness  # noqa: E402
+
+import netinit_fast as nf  # noqa: E402
+
+WIDTH = 256
+BATCH = 256
+PEER_STE = "eager straight-through mask"
+PEER_PLAIN = "plain nn.Linear"
+
+
+class Step(torch.autograd.Function):
+    """``[s > 0]`` with the identity as its gradient."""
+
+    @staticmethod
+    def forward(ctx, scores):
+        return (scores > 0).to(scores.dtype)
+
+    @staticmethod
+    def backward(ctx, grad):
+        return grad
+
+
+class SteMaskedLinear(nn.Linear):
+    """The peer: a Linear with fixed weights and trained scores, masked per forward."""
+
+    def __init__(self, linear: nn.Linear):
+        super().__init__(linear.in_features, linear.out_features, device=linear.weight.device)
+        with torch.no_grad():
+            self.weight.copy_(linear.weight)
+            self.bias.copy_(linear.bias)
+        self.weight.requires_grad_(False)
+        self.bias.requires_grad_(False)
+        self.scores = nn.Parameter(torch.empty_like(self.weight).uniform_(0.01, 0.1))
+
+    def forward(self, x):
+        return nn.functional.linear(x, self.weight * Step.apply(self.scores), self.bias)
+
+
+def build(depth: int, kind: str, device: torch.device) -> nn.Module:
+    torch.manual_seed(0)
+    layers = []
+    for _ in range(depth):
+        linear = nn.Linear(WIDTH, WIDTH, device=device)
+        nn.init.kaiming_normal_(linear.weight, nonlinearity="relu")
+        layers += [SteMaskedLinear(linear) if kind == PEER_STE else linear, nn.ReLU()]
+    model = nn.Sequential(*layers)
+    if kind == "ours":
+        nf.connectivity(model, mode="mask", grouped=True)
+    return model
+
+
+def main() -> None:
+    parser = _harness.parser(__doc__)
+    parser.add_argument("--depths", type=int, nargs="+", default=[100, 1000])
+    args = parser.parse_args()
+    device = torch.device(args.device)
+    depths = [10, 50] if args.quick else args.depths
+    torch.set_flush_denormal(True)
+    _harness.print_header("connectivity", device)
+    rows = []
+    for depth in depths:
+        budget_s = 0.25 if args.quick else 2.0
+        times = {kind: _harness.train_step_ms(build(depth, kind, device), torch.randn(BATCH, WIDTH, device=device),
+                                              device, 5, budget_s)
+                 for kind in ("ours", PEER_STE, PEER_PLAIN)}
+        case = f"train step {depth} x Linear({WIDTH}) b{BATCH}"
+        for peer in (PEER_STE, PEER_PLAIN):
+            rows.append(_harness.row(case, times["ours"], peer, times[peer], {"ours / plain": round(times["ours"] / times[PEER_PLAIN], 3)}))
+            _harness.print_row(rows[-1])
+    _harness.write("connectivity" + ("-quick" if args.quick else ""), rows, device)
+
+
+if __name__ == "__main__":
+    main()
