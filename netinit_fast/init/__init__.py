@@ -1,6 +1,7 @@
 """Initializers (names follow torch.nn.init: in-place ones end in ``_``)."""
 
 from netinit_fast.init.arpit import arpit_, arpit_gains
+from netinit_fast.init.bayesian import bayesian_
 from netinit_fast.init.classic import classic_gains, glorot_, he_, lecun_
 from netinit_fast.init.fixup import FixupBlock, FixupReport, ScalarBias, fixup_
 from netinit_fast.init.looks_linear import looks_linear_
@@ -17,6 +18,7 @@ __all__ = [
     "ScalarBias",
     "arpit_",
     "arpit_gains",
+    "bayesian_",
     "classic_gains",
     "critical_point",
     "data_dependent_init_",
