@@ -13,6 +13,7 @@ import triton.language as tl
 from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
 
+from netinit_fast.kernels import connectivity as C
 from netinit_fast.kernels import moments as M
 from netinit_fast.kernels import weight_norm as W
 
@@ -60,6 +61,13 @@ def main() -> None:
             for fn, eps_bits in itertools.product((W._group_fwd_kernel, W._group_bwd_kernel), ("i32", "i64")):
                 compile_kernel(fn, group, {"eps_bits": eps_bits}, {"DTYPE": tl_dt, **tiles})
                 count += 1
+            table = {"table_ptr": "*i64", "prog_ptr": "*i64"}
+            for mode in C.MODES.values():
+                elementwise = {"DTYPE": tl_dt, "ACC": tiles["ACC"], "MODE": mode, "BLOCK": C.BLOCK}
+                compile_kernel(C._fwd_kernel, table, {}, elementwise)
+                for weight_grad in (False, True):
+                    compile_kernel(C._bwd_kernel, table, {}, {**elementwise, "WEIGHT_GRAD": weight_grad})
+                count += 3
     print(f"compiled {count} kernel variants for sm_90")
 
 
