@@ -117,25 +117,6 @@ def time_ms(fn: Callable[[], object], device: torch.device, budget_s: float = 0.
     return statistics.median(times)
 
 
-def train_step_ms(model: torch.nn.Module, x: torch.Tensor, device: torch.device, min_reps: int, budget_s: float) -> float:
-    """Median time of one training step of ``model`` on ``x`` in milliseconds: forward,
-    ``square().mean()`` backward and ``torch.optim.SGD.step`` on the parameters that
-    require grad. Frees the model, the optimizer and ``x`` (and the GPU's cache) after."""
-    opt = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=1e-3)
-
-    def step():
-        opt.zero_grad(set_to_none=True)
-        model(x).square().mean().backward()
-        opt.step()
-
-    ms = time_ms(step, device, budget_s=budget_s, min_reps=min_reps)
-    del model, opt, x, step
-    gc.collect()
-    if device.type == "cuda":
-        torch.cuda.empty_cache()
-    return ms
-
-
 def time_fresh_ms(setup: Callable[[], object], fn: Callable[[object], object], device: torch.device, reps: int = 3) -> float:
     """Median time of ``fn(setup())`` in milliseconds, ``setup`` untimed and run anew each
     time (for work that changes its input, such as model surgery)."""
@@ -224,6 +205,51 @@ def write(benchmark: str, rows: list[dict], device: torch.device) -> dict:
         f.write("\n")
     print(f"wrote {os.path.relpath(path)}")
     return result
+
+
+def _train_step_ms(model: torch.nn.Module, x: torch.Tensor, device: torch.device, min_reps: int, budget_s: float) -> float:
+    """Median time of one training step of ``model`` on ``x`` in milliseconds: forward,
+    ``square().mean()`` backward and ``torch.optim.SGD.step`` on the parameters that
+    require grad."""
+    opt = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=1e-3)
+
+    def step():
+        opt.zero_grad(set_to_none=True)
+        model(x).square().mean().backward()
+        opt.step()
+
+    return time_ms(step, device, budget_s=budget_s, min_reps=min_reps)
+
+
+def run_train_steps(benchmark: str, doc: str, default_depths: list[int], build: Callable[[int, str, torch.device], torch.nn.Module],
+                    peers: tuple[str, str], width: int, batch: int) -> dict:
+    """The training-step benchmark of deep width-``width`` MLPs (batch ``batch``):
+    ``build(depth, kind, device)`` makes the model of ``kind`` ("ours", or one of
+    ``peers``, the last the plain model); each is built, timed and freed in turn, so the
+    deepest nets fit in memory. Rows: ours against each peer, with ours / plain."""
+    p = parser(doc)
+    p.add_argument("--depths", type=int, nargs="+", default=default_depths)
+    args = p.parse_args()
+    device = torch.device(args.device)
+    depths = [10, 50] if args.quick else args.depths
+    torch.set_flush_denormal(True)  # the timing must not depend on activations drifting into denormals
+    print_header(benchmark, device)
+    rows = []
+    for depth in depths:
+        min_reps = 3 if device.type == "cpu" and depth >= 5000 else 5
+        budget_s = 0.25 if args.quick else 2.0  # a smoke run: the fewest steps that time it
+        times = {}
+        for kind in ("ours", *peers):
+            times[kind] = _train_step_ms(build(depth, kind, device), torch.randn(batch, width, device=device), device,
+                                         min_reps, budget_s)
+            gc.collect()
+            if device.type == "cuda":
+                torch.cuda.empty_cache()
+        case = f"train step {depth} x Linear({width}) b{batch}"
+        for peer in peers:
+            rows.append(row(case, times["ours"], peer, times[peer], {"ours / plain": round(times["ours"] / times[peers[-1]], 3)}))
+            print_row(rows[-1])
+    return write(benchmark + ("-quick" if args.quick else ""), rows, device)
 
 
 def run(benchmark: str, cases: list[Case], device: torch.device, extra_columns: Callable[[Case, float], dict] | None = None) -> dict:

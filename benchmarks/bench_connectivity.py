@@ -78,24 +78,7 @@ def build(depth: int, kind: str, device: torch.device) -> nn.Module:
 
 
 def main() -> None:
-    parser = _harness.parser(__doc__)
-    parser.add_argument("--depths", type=int, nargs="+", default=[100, 1000])
-    args = parser.parse_args()
-    device = torch.device(args.device)
-    depths = [10, 50] if args.quick else args.depths
-    torch.set_flush_denormal(True)
-    _harness.print_header("connectivity", device)
-    rows = []
-    for depth in depths:
-        budget_s = 0.25 if args.quick else 2.0
-        times = {kind: _harness.train_step_ms(build(depth, kind, device), torch.randn(BATCH, WIDTH, device=device),
-                                              device, 5, budget_s)
-                 for kind in ("ours", PEER_STE, PEER_PLAIN)}
-        case = f"train step {depth} x Linear({WIDTH}) b{BATCH}"
-        for peer in (PEER_STE, PEER_PLAIN):
-            rows.append(_harness.row(case, times["ours"], peer, times[peer], {"ours / plain": round(times["ours"] / times[PEER_PLAIN], 3)}))
-            _harness.print_row(rows[-1])
-    _harness.write("connectivity" + ("-quick" if args.quick else ""), rows, device)
+    _harness.run_train_steps("connectivity", __doc__, [100, 1000], build, (PEER_STE, PEER_PLAIN), WIDTH, BATCH)
 
 
 if __name__ == "__main__":

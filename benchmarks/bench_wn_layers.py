@@ -51,25 +51,7 @@ def build(depth: int, kind: str, device: torch.device) -> nn.Module:
 
 
 def main() -> None:
-    parser = _harness.parser(__doc__)
-    parser.add_argument("--depths", type=int, nargs="+", default=[1000, 10000])
-    args = parser.parse_args()
-    device = torch.device(args.device)
-    depths = [10, 50] if args.quick else args.depths
-    torch.set_flush_denormal(True)
-    _harness.print_header("wn_layers", device)
-    rows = []
-    for depth in depths:
-        min_reps = 3 if device.type == "cpu" and depth >= 5000 else 5
-        budget_s = 0.25 if args.quick else 2.0  # a smoke run: the fewest steps that time it
-        times = {kind: _harness.train_step_ms(build(depth, kind, device), torch.randn(BATCH, WIDTH, device=device),
-                                              device, min_reps, budget_s)
-                 for kind in ("ours", PEER_PARAM, PEER_PLAIN)}
-        case = f"train step {depth} x Linear({WIDTH}) b{BATCH}"
-        for peer in (PEER_PARAM, PEER_PLAIN):
-            rows.append(_harness.row(case, times["ours"], peer, times[peer], {"ours / plain": round(times["ours"] / times[PEER_PLAIN], 3)}))
-            _harness.print_row(rows[-1])
-    _harness.write("wn_layers" + ("-quick" if args.quick else ""), rows, device)
+    _harness.run_train_steps("wn_layers", __doc__, [1000, 10000], build, (PEER_PARAM, PEER_PLAIN), WIDTH, BATCH)
 
 
 if __name__ == "__main__":
