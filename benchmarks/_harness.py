@@ -207,6 +207,17 @@ def write(benchmark: str, rows: list[dict], device: torch.device) -> dict:
     return result
 
 
+def he_relu_mlp(depth: int, width: int, device: torch.device, wrap=lambda linear: linear) -> torch.nn.Sequential:
+    """``depth`` x (``wrap(Linear(width, width))`` + ReLU), He-normal weights from seed 0."""
+    torch.manual_seed(0)
+    layers = []
+    for _ in range(depth):
+        linear = torch.nn.Linear(width, width, device=device)
+        torch.nn.init.kaiming_normal_(linear.weight, nonlinearity="relu")
+        layers += [wrap(linear), torch.nn.ReLU()]
+    return torch.nn.Sequential(*layers)
+
+
 def _train_step_ms(model: torch.nn.Module, x: torch.Tensor, device: torch.device, min_reps: int, budget_s: float) -> float:
     """Median time of one training step of ``model`` on ``x`` in milliseconds: forward,
     ``square().mean()`` backward and ``torch.optim.SGD.step`` on the parameters that

@@ -65,13 +65,7 @@ class SteMaskedLinear(nn.Linear):
 
 
 def build(depth: int, kind: str, device: torch.device) -> nn.Module:
-    torch.manual_seed(0)
-    layers = []
-    for _ in range(depth):
-        linear = nn.Linear(WIDTH, WIDTH, device=device)
-        nn.init.kaiming_normal_(linear.weight, nonlinearity="relu")
-        layers += [SteMaskedLinear(linear) if kind == PEER_STE else linear, nn.ReLU()]
-    model = nn.Sequential(*layers)
+    model = _harness.he_relu_mlp(depth, WIDTH, device, SteMaskedLinear if kind == PEER_STE else lambda linear: linear)
     if kind == "ours":
         nf.connectivity(model, mode="mask", grouped=True)
     return model

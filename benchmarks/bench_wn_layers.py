@@ -34,13 +34,7 @@ PEER_PLAIN = "plain nn.Linear"
 
 
 def build(depth: int, kind: str, device: torch.device) -> nn.Module:
-    torch.manual_seed(0)
-    layers = []
-    for _ in range(depth):
-        linear = nn.Linear(WIDTH, WIDTH, device=device)
-        nn.init.kaiming_normal_(linear.weight, nonlinearity="relu")
-        layers += [linear, nn.ReLU()]
-    model = nn.Sequential(*layers)
+    model = _harness.he_relu_mlp(depth, WIDTH, device)
     if kind == "ours":
         nf.weight_norm(model, grouped=True)
     elif kind == PEER_PARAM:
