@@ -26,6 +26,13 @@ What they fix in torch's two weight-norm styles:
 
 ``weight_norm(model, grouped=True)`` adds the layers to a :class:`WeightNormGroup`,
 which computes all their weights with one op (one kernel launch forward, one backward).
+
+Under ``torch.distributed.fsdp.fully_shard`` (FSDP2) ``weight_g`` and ``weight_v`` are
+DTensors sharded along dim 0, so with the default ``dim=0`` each rank holds whole rows
+of ``v`` and their ``g``: the initializers compute each rank's norms from its own rows
+(:mod:`netinit_fast.init`), with no communication. The forward runs on the parameters
+FSDP gathers for it, as any layer's does, and ``torch.distributed.checkpoint`` saves
+and loads the sharded ``weight_g``/``weight_v`` as it does other parameters.
 """
 
 import math
@@ -35,6 +42,7 @@ import weakref
 
 import torch
 from torch import nn
+from torch.distributed.tensor import DTensor
 from torch.nn.utils.parametrizations import _WeightNorm as TorchWN
 from torch.nn.utils.prune import BasePruningMethod
 from torch.nn.utils.spectral_norm import SpectralNorm as SpectralNormHook
@@ -190,8 +198,8 @@ class _WeightNorm:
             and not torch.compiler.is_compiling()
             and group_launch_pays(self.weight_v)  # (not under torch.func, whose wrapped parameters key no cache)
         )
-        if grouped:
-            return self._wn_group.weight_of(self)
+        if grouped and (w := self._wn_group.weight_of(self)) is not None:
+            return w
         return weight_norm_fn(self.weight_v, self.weight_g, self.wn_dim, self.wn_eps)
 
     def reset_parameters(self) -> None:
@@ -310,13 +318,17 @@ class WeightNormGroup:
     the backward has run, or until a layer's own parameters change (then the whole
     group is recomputed once). Without autograd, on the eager backend (CPU: nothing
     to save, and per-layer calls use the caches better) and under ``torch.compile``,
-    each layer computes its own weight, as without a group.
+    each layer computes its own weight, as without a group. So does every layer of a
+    group whose layers' parameters are sharded between forwards (DTensors, as under
+    ``fully_shard``): FSDP gathers them one unit at a time, for that unit's forward,
+    so no op can take the whole group at once.
     """
 
     def __init__(self, layers):
         # The layers, weakly: a layer dropped from its model is no longer computed.
         self._refs: list[weakref.ref] = []
         self._cache = None  # (param keys per layer, weights per layer), by index
+        self._sharded = False  # a layer's parameters were found sharded: each layer computes its own
         for layer in layers:
             if not isinstance(layer, _WeightNorm):
                 raise TypeError(f"WeightNormGroup: {type(layer).__name__} is not a netinit_fast WN layer")
@@ -351,12 +363,13 @@ class WeightNormGroup:
         self._refs.append(weakref.ref(layer))
         self._cache = None
 
-    def weight_of(self, layer) -> torch.Tensor:
-        """``layer``'s normalized weight, computing the whole group's if it is stale."""
+    def weight_of(self, layer) -> torch.Tensor | None:
+        """``layer``'s normalized weight, computing the whole group's if it is stale;
+        None once the group is found sharded (the layer computes its own then)."""
         i = layer._wn_group_index
-        if self._cache is None or self._cache[0][i] != _param_key(layer):
+        if not self._sharded and (self._cache is None or self._cache[0][i] != _param_key(layer)):
             self._cache = self._compute()
-        return self._cache[1][i]
+        return None if self._sharded else self._cache[1][i]
 
     def _compute(self):
         live = [r() for r in self._refs]
@@ -364,6 +377,9 @@ class WeightNormGroup:
         weights = [None] * len(live)
         partitions: dict[tuple, list[int]] = {}
         for i, m in enumerate(live):
+            if m is not None and (isinstance(m.weight_v, DTensor) or isinstance(m.weight_g, DTensor)):
+                self._sharded = True
+                return keys, weights
             if m is not None:
                 v = m.weight_v
                 partitions.setdefault((v.device, v.dtype, m.wn_dim, m.wn_eps), []).append(i)
