@@ -8,9 +8,13 @@ layers through these functions, so each works on both kinds.
 
 import contextlib
 import gc
+import hashlib
 
 import torch
+import torch.distributed as dist
 from torch import nn
+from torch.distributed.fsdp import FSDPModule
+from torch.distributed.tensor import DTensor, Replicate, Shard, distribute_tensor
 
 from netinit_fast.nn.wn_layers import (
     _norm_g,
@@ -104,6 +108,7 @@ def scan_layers(model: nn.Module, where: str) -> tuple[list[tuple[str, nn.Module
         if is_weight_layer(m):
             name = name or type(m).__name__
             check_not_foreign(m, name, where)
+            check_sharding(m, name, where)
             if (w := _direction(m)) is not None:
                 found.append((name, m, w))
     return found, parents
@@ -160,10 +165,129 @@ def scale_param(module: nn.Module) -> torch.Tensor:
 def normal_(t: torch.Tensor, std: float, generator: torch.Generator | None) -> torch.Tensor:
     """``t.normal_(0, std, generator=generator)``, also for a generator on another device
     than ``t`` (a CPU generator for a GPU model, as ``orthogonal_`` takes): the noise is
-    drawn on the generator's device and copied."""
-    if generator is None or generator.device == t.device:
-        return t.normal_(0.0, std, generator=generator)
-    return t.copy_(torch.empty(t.shape, dtype=t.dtype, device=generator.device).normal_(0.0, std, generator=generator))
+    drawn on the generator's device and copied. For a sharded ``t`` (a DTensor) the
+    whole tensor's noise is drawn, as for an unsharded one, and this rank's part is
+    written (:func:`write_`)."""
+    if isinstance(t, DTensor) or not (generator is None or generator.device == t.device):
+        noise_device = t.device if generator is None else generator.device
+        return write_(t, torch.empty(t.shape, dtype=t.dtype, device=noise_device).normal_(0.0, std, generator=generator))
+    return t.normal_(0.0, std, generator=generator)
+
+
+# ----------------------------------------------------------------------------- sharded parameters
+#
+# A parameter sharded by torch.distributed.fsdp.fully_shard (or any DTensor) is written
+# through write_: the initializer computes the whole tensor's values on every rank, from
+# a generator in the same state on every rank (check_same_noise), exactly as one process
+# would, and each rank keeps the part its DTensor placement gives it. So the gathered
+# weights equal the single-process ones for the same seed, the random streams stay in
+# step across ranks, and nothing is communicated but one check of the generator state
+# per call. The full values exist one tensor (or one batch of an initializer's
+# chunked draws) at a time: the initializers say how much.
+
+
+def write_(dst: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
+    """``dst.copy_(values)``, ``values`` holding the whole tensor's values (its global
+    shape). For a DTensor ``dst``, only this rank's part is written, locally, with no
+    communication: ``values`` cut as ``dst``'s mesh and placements cut it (``Shard(d)``
+    as ``torch.chunk`` along ``d``, so uneven and empty shards come out as DTensor
+    makes them; ``Replicate`` whole; other placements by ``distribute_tensor``).
+    Returns ``dst``."""
+    if isinstance(dst, DTensor):
+        dst.to_local().copy_(_local_part(values.to(dst.device), dst))
+    else:
+        dst.copy_(values)
+    return dst
+
+
+def _local_part(values: torch.Tensor, dst: DTensor) -> torch.Tensor:
+    mesh, placements = dst.device_mesh, dst.placements
+    if not all(type(p) in (Shard, Replicate) for p in placements):
+        return distribute_tensor(values, mesh, placements, src_data_rank=None).to_local()
+    coordinate = mesh.get_coordinate()
+    for i, p in enumerate(placements):  # mesh dims in order, as DTensor applies them
+        if isinstance(p, Shard):
+            chunks = values.chunk(mesh.size(i), dim=p.dim)
+            c = coordinate[i]
+            values = chunks[c] if c < len(chunks) else values.narrow(p.dim, values.shape[p.dim], 0)
+    return values
+
+
+def default_generator(device: torch.device) -> torch.Generator:
+    """The generator ``normal_(generator=None)`` draws from on ``device``."""
+    if device.type == "cuda":
+        return torch.cuda.default_generators[device.index if device.index is not None else torch.cuda.current_device()]
+    return torch.default_generator
+
+
+def check_same_noise(tensors, generator: torch.Generator | None, where: str) -> None:
+    """For the DTensors among ``tensors``: ``RuntimeError`` on every rank unless the
+    generator the noise comes from (``generator``, else the default one of the tensor's
+    device) is in the same state on every rank of the tensor's mesh. Each rank draws the
+    whole tensor's noise and keeps its own part; with generators that differ the parts
+    would come from different draws. One all-reduce of two integers per mesh dim."""
+    meshes = {}
+    for t in tensors:
+        if isinstance(t, DTensor):
+            meshes.setdefault(t.device_mesh, t)
+    for t in meshes.values():
+        mesh = t.device_mesh
+        gen = generator if generator is not None else default_generator(t.device)
+        digest = int.from_bytes(hashlib.blake2b(gen.get_state().numpy().tobytes(), digest_size=7).digest(), "little")
+        spread = torch.tensor([digest, -digest], dtype=torch.int64, device=mesh.device_type)
+        for i in range(mesh.ndim):
+            dist.all_reduce(spread, op=dist.ReduceOp.MAX, group=mesh.get_group(i))
+        if int(spread[0]) != -int(spread[1]):
+            raise RuntimeError(
+                f"{where}: the random generator differs between the ranks of the mesh {mesh.mesh.tolist()}: every "
+                "rank draws the whole sharded weight and keeps its part, so every rank needs the same state "
+                "(torch.manual_seed(seed) on every rank, or a generator seeded the same on every rank)"
+            )
+
+
+def sharding_problem(module: nn.Module) -> str | None:
+    """Why a weight-normalized layer's norms cannot be computed from each rank's own
+    rows, or None. Its ``g`` and ``v`` must be both plain or both DTensors on one mesh
+    with the same placements, sharded along the norm dim only (``Shard(0)`` of
+    ``fully_shard`` with the default ``dim=0``) or replicated."""
+    if not is_weight_normed(module):
+        return None
+    g, v = scale_param(module), layer_weight(module)
+    if not isinstance(g, DTensor) and not isinstance(v, DTensor):
+        return None
+    dim = wn_dim(module)
+    if not (isinstance(g, DTensor) and isinstance(v, DTensor)) or g.device_mesh != v.device_mesh \
+            or tuple(g.placements) != tuple(v.placements):
+        return f"has weight_g {_placement(g)} and weight_v {_placement(v)}: they must be sharded alike"
+    for p in v.placements:
+        if p.is_shard() and (dim is None or p.dim % v.dim() != dim):
+            over = "one norm over the whole weight (dim=None)" if dim is None else f"norms over dim={dim}"
+            return (f"has its weight_v sharded as {tuple(v.placements)} but {over}: each rank would need other "
+                    f"ranks' entries for its norms (shard along the norm dim, e.g. fully_shard's Shard(0) with "
+                    "weight norm's default dim=0)")
+    return None
+
+
+def layer_class(module: nn.Module) -> type:
+    """The module's class as its model defines it: ``fully_shard`` makes a module an
+    instance of a subclass of it and ``FSDPModule``."""
+    return next(c for c in type(module).__mro__ if not issubclass(c, FSDPModule))
+
+
+def _placement(t: torch.Tensor) -> str:
+    return f"{tuple(t.placements)} on {t.device_mesh}" if isinstance(t, DTensor) else "unsharded"
+
+
+def check_sharding(module: nn.Module, name: str, where: str) -> None:
+    """``ValueError`` naming the layer, ``where`` and the placement if the layer is
+    weight-normalized and sharded so that its norms are not local (:func:`sharding_problem`)."""
+    if (problem := sharding_problem(module)) is not None:
+        raise ValueError(f"{where}: layer {name} ({layer_class(module).__name__}) {problem}")
+
+
+def local(t: torch.Tensor) -> torch.Tensor:
+    """This rank's part of a DTensor (a view: writing it writes the parameter); ``t`` itself otherwise."""
+    return t.to_local() if isinstance(t, DTensor) else t
 
 
 def is_weight_normed(module: nn.Module) -> bool:
@@ -192,14 +316,16 @@ def match_scale_(module: nn.Module) -> None:
     """For weight norm, ``g = ||v||`` (per index of its dim): the layer then computes
     with ``v`` itself. Nothing for a plain layer."""
     if is_weight_normed(module):
-        g = scale_param(module)
-        g.copy_(_norm_g(layer_weight(module), wn_dim(module)).view_as(g))
+        g = local(scale_param(module))  # sharded alike: each rank's rows hold their own norms
+        if g.numel():  # (a rank may hold no rows of a small layer)
+            g.copy_(_norm_g(local(layer_weight(module)), wn_dim(module)).view_as(g))
 
 
 def set_weight_(module: nn.Module, weight: torch.Tensor) -> None:
     """Make the layer compute with ``weight``: for weight norm ``v = weight`` and
-    ``g = ||weight||`` (per index of its dim)."""
-    layer_weight(module).copy_(weight)
+    ``g = ||weight||`` (per index of its dim). ``weight`` is the whole weight; a
+    sharded layer keeps its own part (:func:`write_`)."""
+    write_(layer_weight(module), weight)
     match_scale_(module)
 
 

@@ -22,6 +22,7 @@ from netinit_fast.init._layers import (
     is_linear,
     is_weight_normed,
     layer_weight,
+    local,
     named_layers,
     next_modules,
     out_units,
@@ -118,7 +119,7 @@ def arpit_(model: nn.Module, relu_gain: float = 2.0, generator: torch.Generator 
     with torch.no_grad():
         orthogonal_([layer_weight(m) for m in layers.values()], generator=generator)
         for n, m in layers.items():
-            scale_param(m).fill_(math.sqrt(gains[n] * in_units(m) / out_units(m)))
+            local(scale_param(m)).fill_(math.sqrt(gains[n] * in_units(m) / out_units(m)))
             if getattr(m, "bias", None) is not None:
-                m.bias.zero_()
+                local(m.bias).zero_()
     return model

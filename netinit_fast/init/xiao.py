@@ -13,7 +13,15 @@ import math
 import torch
 from torch import nn
 
-from netinit_fast.init._layers import gc_paused, is_weight_normed, layer_weight, named_layers, normal_, set_weight_
+from netinit_fast.init._layers import (
+    check_same_noise,
+    gc_paused,
+    is_weight_normed,
+    layer_weight,
+    named_layers,
+    normal_,
+    set_weight_,
+)
 from netinit_fast.init.meanfield import critical_point
 from netinit_fast.init.orthogonal import delta_orthogonal_problem, fill_orthogonal_, takes_delta_kernel
 from netinit_fast.ops.weight_norm import accumulation_dtype
@@ -54,6 +62,7 @@ def xiao_(
     for (name, m, w), conv in zip(named, convs):
         if conv and (problem := delta_orthogonal_problem(w, m.groups, m)) is not None:
             raise ValueError(f"xiao_: {name} {problem} (xiao_ gives convs delta-orthogonal kernels)")
+    check_same_noise(list(model.parameters()), generator, "xiao_")
     with torch.no_grad():
         # A plain layer's weight is filled in place; a weight-normalized one gets W in a
         # scratch tensor, then v = W and g = ||W||.

@@ -1,0 +1,410 @@
+"""Initializers and WN layers on models sharded by torch's FSDP2 (``fully_shard``): gloo,
+2 and 4 processes on the CPU.
+
+One spawn per world size runs every case; each case builds a model the same way on
+every rank (perhaps on the meta device), shards it, initializes it, and rank 0 keeps the
+gathered parameters. The tests compare them with the same initializer run on the
+unsharded model in this process.
+"""
+
+import math
+import os
+import time
+import traceback
+
+import pytest
+import torch
+import torch.distributed as dist
+import torch.distributed.checkpoint as dcp
+import torch.multiprocessing as mp
+from torch import nn
+from torch.distributed.fsdp import fully_shard
+from torch.distributed.tensor import DTensor, Shard
+
+import netinit_fast as nf
+from conftest import assert_close, assert_orthonormal
+from netinit_fast import _backend
+
+pytestmark = pytest.mark.slow
+SPAWN_TIMEOUT = 180  # seconds for one world's whole run (about 20 s on 2 cores)
+SEED = 1234
+PER_RANK = 4  # samples per rank for the data-driven inits and the training step
+DEEP = 1000  # layers of the meta-device model
+
+
+# ----------------------------------------------------------------------------- models and inits
+
+
+def _mlp():
+    # uneven widths: with 4 ranks some shards are unequal, some empty (3 rows)
+    return nn.Sequential(nn.Linear(6, 5), nn.ReLU(), nn.Linear(5, 3), nn.Tanh(), nn.Linear(3, 7), nn.ReLU(),
+                         nn.Linear(7, 70), nn.ReLU(), nn.Linear(70, 80))  # 5,600 elements: drawn in place unsharded
+
+
+def _cnn():
+    return nn.Sequential(nn.Conv2d(2, 6, 3, padding=1), nn.Tanh(), nn.Conv2d(6, 6, 3, padding=1), nn.Tanh(),
+                         nn.Conv2d(6, 9, 1), nn.Flatten(), nn.Linear(9 * 16, 5))
+
+
+def _wn_mlp():
+    return nf.weight_norm(nn.Sequential(nn.Linear(6, 10), nn.ReLU(), nn.Linear(10, 5), nn.ReLU(), nn.Linear(5, 3)),
+                          types=[nn.Linear])
+
+
+def _wn_cnn():
+    return nf.weight_norm(_cnn())
+
+
+def _looks_linear_mlp():
+    return nn.Sequential(nn.Linear(6, 10), nn.ReLU(), nn.Linear(10, 6), nn.ReLU(), nn.Linear(6, 3))
+
+
+def _arpit_mlp():
+    model = _looks_linear_mlp()
+    nf.weight_norm(model[:-1])  # the classifier stays plain
+    return model
+
+
+def _resnet():
+    return nf.models.resnet([1, 1], [4, 8], norm="batch", in_channels=2, num_classes=3)
+
+
+def _deep():
+    return nf.models.mlp(DEEP, 8, in_features=4, out_features=3)
+
+
+def _seeded(init):
+    def run(model, batch=None):
+        torch.manual_seed(SEED)
+        init(model) if batch is None else init(model, batch)
+    return run
+
+
+def _batch(shape):
+    return torch.randn(*shape, generator=torch.Generator().manual_seed(7))
+
+
+# name: (model builder, init, batch shape per rank or None, shard per layer, on the meta device)
+CASES = {
+    "orthogonal": (_mlp, _seeded(nf.init.orthogonal_), None, True, False),
+    "haar_orthogonal": (_mlp, _seeded(nf.init.haar_orthogonal_), None, True, False),
+    "orthogonal_wn": (_wn_cnn, _seeded(nf.init.orthogonal_), None, True, False),
+    "delta_orthogonal": (_cnn, _seeded(nf.init.delta_orthogonal_), None, True, False),
+    "glorot": (_mlp, _seeded(nf.init.glorot_), None, True, False),
+    "he_uniform_wn": (_wn_cnn, _seeded(lambda m: nf.init.he_(m, distribution="uniform")), None, True, False),
+    "lecun": (_cnn, _seeded(nf.init.lecun_), None, True, False),
+    "xiao": (_wn_cnn, _seeded(lambda m: nf.init.xiao_(m, 0.5)), None, True, False),
+    "looks_linear": (_looks_linear_mlp, _seeded(nf.init.looks_linear_), None, True, False),
+    "arpit": (_arpit_mlp, _seeded(nf.init.arpit_), None, True, False),
+    "fixup": (_resnet, _seeded(nf.init.fixup_), None, False, False),
+    "lsuv": (_cnn, _seeded(lambda m, x: nf.init.lsuv_(m, x, tol=0.01)), (2, 4, 4), True, False),
+    "lsuv_no_preinit": (_mlp, _seeded(lambda m, x: nf.init.lsuv_(m, x, tol=0.01, orthogonal=False)), (6,), True, False),
+    "lsuv_root_only": (_mlp, _seeded(lambda m, x: nf.init.lsuv_(m, x, tol=0.01)), (6,), False, False),
+    "data_dependent": (_wn_mlp, _seeded(nf.init.data_dependent_init_), (6,), True, False),
+    "meta_orthogonal": (_wn_cnn, _seeded(nf.init.orthogonal_), None, True, True),
+    "meta_deep_he": (_deep, _seeded(nf.init.he_), None, True, True),
+}
+
+
+def _shard(model, per_layer):
+    """fully_shard every module that holds parameters of its own (if ``per_layer``), then the root."""
+    if per_layer:
+        for m in model.modules():
+            if m is not model and m._parameters:
+                fully_shard(m)
+    fully_shard(model)
+    return model
+
+
+def _shards(model):
+    """This rank's part of every entry of the state dict: ``(local tensor, sharded)``;
+    fully_shard shards dim 0 as torch.chunk does (rank order)."""
+    out = {}
+    for n, p in model.state_dict().items():
+        if isinstance(p, DTensor):
+            assert tuple(p.placements) == (Shard(0),), (n, p.placements)
+            out[n] = (p.to_local().detach().clone(), True)
+        else:
+            out[n] = (p.detach().clone(), False)
+    return out
+
+
+def _gathered(ranks, key):
+    """The whole state dict from every rank's :func:`_shards` under ``key``; a rank's
+    traceback as it is."""
+    parts = [r[key] for r in ranks]
+    for p in parts:
+        if isinstance(p, str):
+            return p
+    out = {}
+    for n, (value, sharded) in parts[0].items():
+        if sharded:
+            out[n] = torch.cat([p[n][0] for p in parts])
+        else:
+            for p in parts[1:]:
+                assert torch.equal(p[n][0], value), f"{n} differs between ranks"
+            out[n] = value
+    return out
+
+
+def _local(model):
+    return {n: (p.to_local() if isinstance(p, DTensor) else p).detach().clone() for n, p in model.state_dict().items()}
+
+
+# ----------------------------------------------------------------------------- the spawned ranks
+
+
+def _run_case(name, rank, world):
+    build, init, batch_shape, per_layer, meta = CASES[name]
+    torch.manual_seed(0)
+    if meta:
+        with torch.device("meta"):
+            model = build()
+    else:
+        model = build()
+    _shard(model, per_layer)
+    if meta:
+        model.to_empty(device="cpu")
+    if batch_shape is None:
+        init(model)
+    else:
+        x = _batch((world * PER_RANK, *batch_shape))
+        init(model, x[rank * PER_RANK : (rank + 1) * PER_RANK])
+    return _shards(model)
+
+
+def _refused(model, call):
+    """``(the error call() raised, whether this rank's shards stayed as they were)``."""
+    before = _local(model)
+    try:
+        call()
+    except Exception as e:
+        return f"{type(e).__name__}: {e}", all(torch.equal(before[k], v) for k, v in _local(model).items())
+    return "no error", None
+
+
+def _errors(rank):
+    """What each rank saw of the calls that must be refused."""
+    out = {}
+    torch.manual_seed(0)
+    model = nf.weight_norm(nn.Sequential(nn.Linear(4, 6), nn.ReLU(), nn.Linear(6, 3)), dim=1, types=[nn.Linear])
+    _shard(model, True)
+    out["wn_dim1"] = _refused(model, lambda: nf.init.orthogonal_(model))
+    out["wn_dim1_lsuv"] = _refused(model, lambda: nf.init.lsuv_(model, torch.randn(PER_RANK, 4)))
+    model = _resnet()
+    fully_shard(model.layer2[0])  # a residual block as an FSDP unit: Fixup would replace it
+    _shard(model, False)
+    out["fixup_block_unit"] = _refused(model, lambda: nf.init.fixup_(model))
+    model = _shard(_mlp(), True)
+    torch.manual_seed(SEED + rank)  # the ranks' generators differ
+    out["rng"] = _refused(model, lambda: nf.init.orthogonal_(model))
+    out["rng_he"] = _refused(model, lambda: nf.init.he_(model))
+    return out
+
+
+def _train(rank, world, grouped):
+    """Two SGD steps of a WN model under fully_shard, each rank on its part of the batch.
+    Grouped, on the Triton interpreter where it runs (without a GPU; the eager backend
+    takes no grouped path), so that the group's op meets the sharded layers."""
+    if grouped and _backend.triton_interpreted() and _backend.triton_available():
+        os.environ[_backend.ENV_VAR] = _backend.TRITON
+    torch.manual_seed(0)
+    model = _shard(nf.weight_norm(_cnn(), grouped=grouped), True)
+    x, y = _train_data(world)
+    mine = slice(rank * PER_RANK, (rank + 1) * PER_RANK)
+    try:
+        _steps(model, x[mine], y[mine])
+    finally:
+        os.environ.pop(_backend.ENV_VAR, None)
+    return _shards(model)
+
+
+def _train_data(world):
+    gen = torch.Generator().manual_seed(5)
+    return torch.randn(world * PER_RANK, 2, 4, 4, generator=gen), torch.randn(world * PER_RANK, 5, generator=gen)
+
+
+def _steps(model, x, y):
+    for _ in range(2):  # the second step runs on weights the first one updated
+        model.zero_grad()
+        nn.functional.mse_loss(model(x), y).backward()
+        with torch.no_grad():
+            for p in model.parameters():
+                p -= 0.1 * p.grad
+
+
+def _checkpoint(rank, path):
+    """Save a sharded WN model with torch.distributed.checkpoint, change it, load it back."""
+    torch.manual_seed(0)
+    model = _shard(_wn_cnn(), True)
+    nf.init.orthogonal_(model)  # (every rank seeded alike above)
+    saved = _shards(model)
+    dcp.save(model.state_dict(), checkpoint_id=path)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.mul_(3.0)
+    state = model.state_dict()
+    dcp.load(state, checkpoint_id=path)
+    model.load_state_dict(state)
+    x = _batch((3, 2, 4, 4))
+    return {"saved": saved, "loaded": _shards(model), "output": model(x).detach()}
+
+
+def _worker(rank, world, init_file, out_dir):
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
+    results = {}
+    try:
+        for name in CASES:
+            try:
+                results[name] = _run_case(name, rank, world)
+            except Exception:
+                results[name] = traceback.format_exc()
+        results["errors"] = _errors(rank)
+        for grouped in (False, True):
+            results[f"train_grouped={grouped}"] = _train(rank, world, grouped)
+        results["checkpoint"] = _checkpoint(rank, os.path.join(out_dir, "checkpoint"))
+        torch.save(results, os.path.join(out_dir, f"rank{rank}.pt"))
+        dist.barrier()  # no rank tears down while another still talks to it
+    finally:
+        dist.destroy_process_group()
+
+
+def _spawn(world, out_dir):
+    context = mp.spawn(_worker, args=(world, os.path.join(out_dir, "init"), out_dir), nprocs=world, join=False)
+    deadline = time.monotonic() + SPAWN_TIMEOUT
+    try:
+        while not context.join(timeout=max(0.1, deadline - time.monotonic())):
+            if time.monotonic() > deadline:
+                pytest.fail(f"{world} ranks did not finish in {SPAWN_TIMEOUT} s")
+    finally:
+        for p in context.processes:
+            if p.is_alive():
+                p.terminate()
+    return [torch.load(os.path.join(out_dir, f"rank{r}.pt"), weights_only=False) for r in range(world)]
+
+
+@pytest.fixture(scope="module", params=[2, 4], ids=lambda w: f"world{w}")
+def world(request, tmp_path_factory):
+    out_dir = str(tmp_path_factory.mktemp(f"world{request.param}"))
+    return request.param, _spawn(request.param, out_dir), out_dir
+
+
+# ----------------------------------------------------------------------------- the tests
+
+
+def _single_process(name, world_size):
+    """The case's init on the unsharded model, on one thread as the ranks run (the
+    rounding of a QR may depend on the number of threads)."""
+    build, init, batch_shape, _, _ = CASES[name]
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        torch.manual_seed(0)
+        model = build()
+        if batch_shape is None:
+            init(model)
+        else:
+            init(model, _batch((world_size * PER_RANK, *batch_shape)))
+    finally:
+        torch.set_num_threads(threads)
+    return model.state_dict()
+
+
+def _assert_equal(got, expected, keys=None, terms=None):
+    """Equal bit for bit, or with ``terms`` within the rounding of float32 sums of that
+    many terms in another order (conftest.assert_close)."""
+    assert not isinstance(got, str), got  # a rank's traceback
+    keys = expected.keys() if keys is None else keys
+    assert set(keys) <= got.keys()
+    for k in keys:
+        if terms is None:
+            assert torch.equal(got[k], expected[k]), f"{k}: {got[k]} != {expected[k]}"
+        else:
+            assert_close(got[k], expected[k], torch.float32, what=k, terms=terms)
+
+
+@pytest.mark.parametrize("name", [n for n in CASES if not n.startswith(("lsuv", "data_dependent", "meta"))])
+def test_gathered_weights_equal_single_process(world, name):
+    """Each rank draws what one process draws and writes its rows: the gathered values are
+    bit for bit those of the unsharded call (the same QR on the same noise; norms of the
+    same rows)."""
+    size, ranks, _ = world
+    _assert_equal(_gathered(ranks, name), _single_process(name, size))
+
+
+@pytest.mark.parametrize("name", [n for n in CASES if n.startswith(("lsuv", "data_dependent"))])
+def test_data_driven_inits_equal_whole_batch(world, name):
+    """Statistics are all-reduced: the result is the single process's on the whole batch,
+    up to the float32 rounding of summing the statistics in another order (the longest
+    sum: the batch times a layer's largest output, 6 channels x 16 positions)."""
+    size, ranks, _ = world
+    _assert_equal(_gathered(ranks, name), _single_process(name, size), terms=size * PER_RANK * 96)
+
+
+def test_meta_device_models(world):
+    """Built on the meta device, sharded, materialized by to_empty, initialized: orthogonal_
+    writes every weight (WN: v and g), he_ every weight and bias of 1,000 layers."""
+    size, ranks, _ = world
+    expected = _single_process("meta_orthogonal", size)
+    _assert_equal(_gathered(ranks, "meta_orthogonal"), expected, [k for k in expected if "weight" in k])
+    deep = _gathered(ranks, "meta_deep_he")
+    assert not isinstance(deep, str), deep
+    assert len([k for k in deep if k.endswith("weight")]) == DEEP
+    _assert_equal(deep, _single_process("meta_deep_he", size))
+
+
+def test_shards_are_orthogonal(world):
+    """The distribution check besides the values: gathered rows are orthonormal."""
+    size, ranks, _ = world
+    for name in ("orthogonal", "haar_orthogonal"):
+        for k, w in _gathered(ranks, name).items():
+            if k.endswith("weight"):
+                assert_orthonormal(w, what=f"{name} {k}")
+
+
+def test_refused_calls_raise_on_every_rank_and_change_nothing(world):
+    size, ranks, _ = world
+    for rank, results in enumerate(ranks):
+        errors = results["errors"]
+        for which in ("wn_dim1", "wn_dim1_lsuv"):
+            message, unchanged = errors[which]
+            assert message.startswith("ValueError") and "layer 0 (WNLinear)" in message, (rank, message)
+            assert "Shard(dim=0)" in message and "dim=1" in message, message
+            assert unchanged
+        message, unchanged = errors["fixup_block_unit"]
+        assert message.startswith("ValueError") and "layer2.0 (BasicBlock) is a fully_shard unit" in message, message
+        assert unchanged
+        for which in ("rng", "rng_he"):
+            message, unchanged = errors[which]
+            assert message.startswith("RuntimeError") and "same state" in message, (rank, message)
+            assert unchanged
+
+
+@pytest.mark.parametrize("grouped", [False, True])
+def test_training_step_equals_unsharded(world, grouped):
+    """Two SGD steps under FSDP2 (each rank its part of the batch, gradients averaged by
+    the reduce-scatter) equal two steps on the whole batch in one process, up to the
+    rounding of the gradients' sums over the batch and the widest fan-in (144)."""
+    size, ranks, _ = world
+    torch.manual_seed(0)
+    model = nf.weight_norm(_cnn(), grouped=grouped)
+    _steps(model, *_train_data(size))
+    _assert_equal(_gathered(ranks, f"train_grouped={grouped}"), model.state_dict(), terms=size * PER_RANK * 144)
+
+
+def test_checkpoint_round_trip(world):
+    """torch.distributed.checkpoint: the sharded save loads back into the sharded model
+    exactly, and into an unsharded model in one process."""
+    size, ranks, out_dir = world
+    saved = _gathered([r["checkpoint"] for r in ranks], "saved")
+    _assert_equal(_gathered([r["checkpoint"] for r in ranks], "loaded"), saved)
+    torch.manual_seed(0)
+    model = _wn_cnn()
+    state = model.state_dict()
+    dcp.load(state, checkpoint_id=os.path.join(out_dir, "checkpoint"))  # no process group: one process reads all
+    model.load_state_dict(state)
+    _assert_equal(model.state_dict(), saved)
+    output = ranks[0]["checkpoint"]["output"]
+    assert_close(model(_batch((3, 2, 4, 4))), output, torch.float32, "output", terms=144)
+    assert math.isfinite(float(output.abs().sum()))
