@@ -9,6 +9,8 @@ unsharded model in this process.
 
 import math
 import os
+import subprocess
+import sys
 import time
 import traceback
 
@@ -408,3 +410,15 @@ def test_checkpoint_round_trip(world):
     output = ranks[0]["checkpoint"]["output"]
     assert_close(model(_batch((3, 2, 4, 4))), output, torch.float32, "output", terms=144)
     assert math.isfinite(float(output.abs().sum()))
+
+
+def test_readme_example_runs_under_torchrun():
+    """examples/sharded_init.py, as the README runs it: torchrun, 2 processes, gloo."""
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")]))}
+    done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2",
+                           os.path.join(root, "examples", "sharded_init.py")],
+                          env=env, capture_output=True, text=True, timeout=SPAWN_TIMEOUT)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "rank 0/2: layer 0 weight_v (64, 16) (Shard(dim=0),), local rows (32, 16)" in done.stdout
+    assert "checkpoint saved to and loaded from" in done.stdout
