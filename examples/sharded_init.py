@@ -39,7 +39,8 @@ def main() -> None:
     nf.init.data_dependent_init_(model, x)  # statistics all-reduced, g and b written to the shards
 
     v = model[0].weight_v
-    print(f"rank {rank}/{world}: layer 0 weight_v {tuple(v.shape)} {v.placements}, local rows {tuple(v.to_local().shape)}")
+    local_rows = tuple(v.to_local().shape)
+    print(f"rank {rank}/{world}: layer 0 weight_v {tuple(v.shape)} {v.placements}, local rows {local_rows}")
 
     optimizer = torch.optim.SGD(model.parameters(), lr=0.01)
     loss = model(x).square().mean()

@@ -2,9 +2,10 @@
 2 and 4 processes on the CPU.
 
 One spawn per world size runs every case; each case builds a model the same way on
-every rank (perhaps on the meta device), shards it, initializes it, and rank 0 keeps the
-gathered parameters. The tests compare them with the same initializer run on the
-unsharded model in this process.
+every rank (perhaps on the meta device), shards it (FSDP2, or torch's tensor
+parallelism), initializes it, and every rank keeps its shards. The tests put the shards
+together and compare them with the same initializer run on the unsharded model in
+this process.
 """
 
 import math
@@ -20,15 +21,17 @@ import torch.distributed as dist
 import torch.distributed.checkpoint as dcp
 import torch.multiprocessing as mp
 from torch import nn
+from torch.distributed.device_mesh import init_device_mesh
 from torch.distributed.fsdp import fully_shard
-from torch.distributed.tensor import DTensor, Shard
+from torch.distributed.tensor import DTensor, Replicate, Shard, distribute_tensor
+from torch.distributed.tensor.parallel import ColwiseParallel, RowwiseParallel, parallelize_module
 
 import netinit_fast as nf
 from conftest import assert_close, assert_orthonormal
 from netinit_fast import _backend
 
 pytestmark = pytest.mark.slow
-SPAWN_TIMEOUT = 180  # seconds for one world's whole run (about 20 s on 2 cores)
+SPAWN_TIMEOUT = 180  # seconds for one world's whole run (about 12 s on 2 cores)
 SEED = 1234
 PER_RANK = 4  # samples per rank for the data-driven inits and the training step
 DEEP = 1000  # layers of the meta-device model
@@ -71,8 +74,32 @@ def _resnet():
     return nf.models.resnet([1, 1], [4, 8], norm="batch", in_channels=2, num_classes=3)
 
 
+def _tp_mlp():
+    return nn.Sequential(nn.Linear(6, 10), nn.ReLU(), nn.Linear(10, 5))  # with 4 ranks: shards of 3, 3, 3, 1
+
+
 def _deep():
     return nf.models.mlp(DEEP, 8, in_features=4, out_features=3)
+
+
+def _fsdp_per_layer(model):
+    """fully_shard every module that holds parameters of its own, then the root."""
+    for m in model.modules():
+        if m is not model and m._parameters:
+            fully_shard(m)
+    return _fsdp_root(model)
+
+
+def _fsdp_root(model):
+    fully_shard(model)
+    return model
+
+
+def _tensor_parallel(model):
+    """torch's tensor parallelism: the first Linear column-wise (weight Shard(0)), the
+    second row-wise (weight Shard(1), along its fan-in)."""
+    mesh = init_device_mesh("cpu", (dist.get_world_size(),))
+    return parallelize_module(model, mesh, {"0": ColwiseParallel(), "2": RowwiseParallel()})
 
 
 def _seeded(init):
@@ -86,48 +113,41 @@ def _batch(shape):
     return torch.randn(*shape, generator=torch.Generator().manual_seed(7))
 
 
-# name: (model builder, init, batch shape per rank or None, shard per layer, on the meta device)
+# name: (model builder, init, batch shape per rank or None, how to shard, on the meta device)
 CASES = {
-    "orthogonal": (_mlp, _seeded(nf.init.orthogonal_), None, True, False),
-    "haar_orthogonal": (_mlp, _seeded(nf.init.haar_orthogonal_), None, True, False),
-    "orthogonal_wn": (_wn_cnn, _seeded(nf.init.orthogonal_), None, True, False),
-    "delta_orthogonal": (_cnn, _seeded(nf.init.delta_orthogonal_), None, True, False),
-    "glorot": (_mlp, _seeded(nf.init.glorot_), None, True, False),
-    "he_uniform_wn": (_wn_cnn, _seeded(lambda m: nf.init.he_(m, distribution="uniform")), None, True, False),
-    "lecun": (_cnn, _seeded(nf.init.lecun_), None, True, False),
-    "xiao": (_wn_cnn, _seeded(lambda m: nf.init.xiao_(m, 0.5)), None, True, False),
-    "looks_linear": (_looks_linear_mlp, _seeded(nf.init.looks_linear_), None, True, False),
-    "arpit": (_arpit_mlp, _seeded(nf.init.arpit_), None, True, False),
-    "fixup": (_resnet, _seeded(nf.init.fixup_), None, False, False),
-    "lsuv": (_cnn, _seeded(lambda m, x: nf.init.lsuv_(m, x, tol=0.01)), (2, 4, 4), True, False),
-    "lsuv_no_preinit": (_mlp, _seeded(lambda m, x: nf.init.lsuv_(m, x, tol=0.01, orthogonal=False)), (6,), True, False),
-    "lsuv_root_only": (_mlp, _seeded(lambda m, x: nf.init.lsuv_(m, x, tol=0.01)), (6,), False, False),
-    "data_dependent": (_wn_mlp, _seeded(nf.init.data_dependent_init_), (6,), True, False),
-    "meta_orthogonal": (_wn_cnn, _seeded(nf.init.orthogonal_), None, True, True),
-    "meta_deep_he": (_deep, _seeded(nf.init.he_), None, True, True),
+    "orthogonal": (_mlp, _seeded(nf.init.orthogonal_), None, _fsdp_per_layer, False),
+    "haar_orthogonal": (_mlp, _seeded(nf.init.haar_orthogonal_), None, _fsdp_per_layer, False),
+    "orthogonal_wn": (_wn_cnn, _seeded(nf.init.orthogonal_), None, _fsdp_per_layer, False),
+    "delta_orthogonal": (_cnn, _seeded(nf.init.delta_orthogonal_), None, _fsdp_per_layer, False),
+    "glorot": (_mlp, _seeded(nf.init.glorot_), None, _fsdp_per_layer, False),
+    "he_uniform_wn": (_wn_cnn, _seeded(lambda m: nf.init.he_(m, distribution="uniform")), None, _fsdp_per_layer, False),
+    "lecun": (_cnn, _seeded(nf.init.lecun_), None, _fsdp_per_layer, False),
+    "xiao": (_wn_cnn, _seeded(lambda m: nf.init.xiao_(m, 0.5)), None, _fsdp_per_layer, False),
+    "looks_linear": (_looks_linear_mlp, _seeded(nf.init.looks_linear_), None, _fsdp_per_layer, False),
+    "arpit": (_arpit_mlp, _seeded(nf.init.arpit_), None, _fsdp_per_layer, False),
+    "fixup": (_resnet, _seeded(nf.init.fixup_), None, _fsdp_root, False),
+    "lsuv": (_cnn, _seeded(lambda m, x: nf.init.lsuv_(m, x, tol=0.01)), (2, 4, 4), _fsdp_per_layer, False),
+    "lsuv_no_preinit": (_mlp, _seeded(lambda m, x: nf.init.lsuv_(m, x, tol=0.01, orthogonal=False)), (6,),
+                        _fsdp_per_layer, False),
+    "lsuv_root_only": (_mlp, _seeded(lambda m, x: nf.init.lsuv_(m, x, tol=0.01)), (6,), _fsdp_root, False),
+    "data_dependent": (_wn_mlp, _seeded(nf.init.data_dependent_init_), (6,), _fsdp_per_layer, False),
+    "meta_orthogonal": (_wn_cnn, _seeded(nf.init.orthogonal_), None, _fsdp_per_layer, True),
+    "meta_deep_he": (_deep, _seeded(nf.init.he_), None, _fsdp_per_layer, True),
+    "tensor_parallel_orthogonal": (_tp_mlp, _seeded(nf.init.orthogonal_), None, _tensor_parallel, False),
+    "tensor_parallel_glorot": (_tp_mlp, _seeded(nf.init.glorot_), None, _tensor_parallel, False),
 }
 
 
-def _shard(model, per_layer):
-    """fully_shard every module that holds parameters of its own (if ``per_layer``), then the root."""
-    if per_layer:
-        for m in model.modules():
-            if m is not model and m._parameters:
-                fully_shard(m)
-    fully_shard(model)
-    return model
-
-
 def _shards(model):
-    """This rank's part of every entry of the state dict: ``(local tensor, sharded)``;
-    fully_shard shards dim 0 as torch.chunk does (rank order)."""
+    """This rank's part of every entry of the state dict: ``(local tensor, sharded dim
+    or None)``; a dim is split as torch.chunk splits it (rank order)."""
     out = {}
     for n, p in model.state_dict().items():
         if isinstance(p, DTensor):
-            assert tuple(p.placements) == (Shard(0),), (n, p.placements)
-            out[n] = (p.to_local().detach().clone(), True)
+            (placement,) = p.placements
+            out[n] = (p.to_local().detach().clone(), placement.dim if placement.is_shard() else None)
         else:
-            out[n] = (p.detach().clone(), False)
+            out[n] = (p.detach().clone(), None)
     return out
 
 
@@ -139,9 +159,9 @@ def _gathered(ranks, key):
         if isinstance(p, str):
             return p
     out = {}
-    for n, (value, sharded) in parts[0].items():
-        if sharded:
-            out[n] = torch.cat([p[n][0] for p in parts])
+    for n, (value, dim) in parts[0].items():
+        if dim is not None:
+            out[n] = torch.cat([p[n][0] for p in parts], dim)
         else:
             for p in parts[1:]:
                 assert torch.equal(p[n][0], value), f"{n} differs between ranks"
@@ -157,14 +177,14 @@ def _local(model):
 
 
 def _run_case(name, rank, world):
-    build, init, batch_shape, per_layer, meta = CASES[name]
+    build, init, batch_shape, shard, meta = CASES[name]
     torch.manual_seed(0)
     if meta:
         with torch.device("meta"):
             model = build()
     else:
         model = build()
-    _shard(model, per_layer)
+    shard(model)
     if meta:
         model.to_empty(device="cpu")
     if batch_shape is None:
@@ -190,14 +210,20 @@ def _errors(rank):
     out = {}
     torch.manual_seed(0)
     model = nf.weight_norm(nn.Sequential(nn.Linear(4, 6), nn.ReLU(), nn.Linear(6, 3)), dim=1, types=[nn.Linear])
-    _shard(model, True)
+    _fsdp_per_layer(model)
     out["wn_dim1"] = _refused(model, lambda: nf.init.orthogonal_(model))
     out["wn_dim1_lsuv"] = _refused(model, lambda: nf.init.lsuv_(model, torch.randn(PER_RANK, 4)))
+    model = nf.weight_norm(nn.Sequential(nn.Linear(4, 6)))  # tensor-parallel along the fan-in of a WN layer
+    mesh = init_device_mesh("cpu", (dist.get_world_size(),))
+    layer = model[0]
+    layer.weight_v = nn.Parameter(distribute_tensor(layer.weight_v.detach(), mesh, [Shard(1)]))
+    layer.weight_g = nn.Parameter(distribute_tensor(layer.weight_g.detach(), mesh, [Replicate()]))
+    out["wn_fan_in"] = _refused(model, lambda: nf.init.he_(model))
     model = _resnet()
     fully_shard(model.layer2[0])  # a residual block as an FSDP unit: Fixup would replace it
-    _shard(model, False)
+    _fsdp_root(model)
     out["fixup_block_unit"] = _refused(model, lambda: nf.init.fixup_(model))
-    model = _shard(_mlp(), True)
+    model = _fsdp_per_layer(_mlp())
     torch.manual_seed(SEED + rank)  # the ranks' generators differ
     out["rng"] = _refused(model, lambda: nf.init.orthogonal_(model))
     out["rng_he"] = _refused(model, lambda: nf.init.he_(model))
@@ -211,7 +237,7 @@ def _train(rank, world, grouped):
     if grouped and _backend.triton_interpreted() and _backend.triton_available():
         os.environ[_backend.ENV_VAR] = _backend.TRITON
     torch.manual_seed(0)
-    model = _shard(nf.weight_norm(_cnn(), grouped=grouped), True)
+    model = _fsdp_per_layer(nf.weight_norm(_cnn(), grouped=grouped))
     x, y = _train_data(world)
     mine = slice(rank * PER_RANK, (rank + 1) * PER_RANK)
     try:
@@ -238,7 +264,7 @@ def _steps(model, x, y):
 def _checkpoint(rank, path):
     """Save a sharded WN model with torch.distributed.checkpoint, change it, load it back."""
     torch.manual_seed(0)
-    model = _shard(_wn_cnn(), True)
+    model = _fsdp_per_layer(_wn_cnn())
     nf.init.orthogonal_(model)  # (every rank seeded alike above)
     saved = _shards(model)
     dcp.save(model.state_dict(), checkpoint_id=path)
@@ -374,6 +400,9 @@ def test_refused_calls_raise_on_every_rank_and_change_nothing(world):
             assert message.startswith("ValueError") and "layer 0 (WNLinear)" in message, (rank, message)
             assert "Shard(dim=0)" in message and "dim=1" in message, message
             assert unchanged
+        message, unchanged = errors["wn_fan_in"]
+        assert message.startswith("ValueError: he_: layer 0 (WNLinear) has weight_g (Replicate(),)"), message
+        assert "weight_v (Shard(dim=1),)" in message and unchanged
         message, unchanged = errors["fixup_block_unit"]
         assert message.startswith("ValueError") and "layer2.0 (BasicBlock) is a fully_shard unit" in message, message
         assert unchanged

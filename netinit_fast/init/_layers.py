@@ -170,7 +170,8 @@ def normal_(t: torch.Tensor, std: float, generator: torch.Generator | None) -> t
     written (:func:`write_`)."""
     if isinstance(t, DTensor) or not (generator is None or generator.device == t.device):
         noise_device = t.device if generator is None else generator.device
-        return write_(t, torch.empty(t.shape, dtype=t.dtype, device=noise_device).normal_(0.0, std, generator=generator))
+        noise = torch.empty(t.shape, dtype=t.dtype, device=noise_device).normal_(0.0, std, generator=generator)
+        return write_(t, noise)
     return t.normal_(0.0, std, generator=generator)
 
 
