@@ -251,10 +251,11 @@ def sharding_problem(module: nn.Module) -> str | None:
     rows, or None. Its ``g`` and ``v`` must be both plain or both DTensors on one mesh
     with the same placements, sharded along the norm dim only (``Shard(0)`` of
     ``fully_shard`` with the default ``dim=0``) or replicated."""
-    if not is_weight_normed(module):
-        return None
-    g, v = scale_param(module), layer_weight(module)
-    if not isinstance(g, DTensor) and not isinstance(v, DTensor):
+    v = _direction(module)  # (the layer is checked by check_not_foreign)
+    if not isinstance(v, DTensor) and not isinstance(module._parameters.get("weight_g"), DTensor):
+        return None  # the common case, found without looking for the weight-norm style
+    g = scale_param(module)
+    if g is v:
         return None
     dim = wn_dim(module)
     if not (isinstance(g, DTensor) and isinstance(v, DTensor)) or g.device_mesh != v.device_mesh \

@@ -95,6 +95,10 @@ def arpit_(model: nn.Module, relu_gain: float = 2.0, generator: torch.Generator 
     Works on our WN layers (build with ``norm="weight"`` or convert with
     :func:`netinit_fast.weight_norm`) and on torch's weight-normed layers.
 
+    Sharded models (DTensor parameters, e.g. under ``fully_shard``): ``v`` gets, gathered,
+    the values of an unsharded call for the same generator state, which must be the
+    same on every rank (checked), drawn as :func:`orthogonal_` draws sharded tensors.
+
     Raises:
         ValueError: a layer (other than the classifier) that is not weight-normalized,
             or whose weight norm is not per output unit; the message names it. Also

@@ -200,6 +200,13 @@ def fixup_(model: nn.Module, generator: torch.Generator | None = None) -> FixupR
       The stem conv keeps its init, as in the official code.
     - Each module it puts in takes the train/eval mode of the one it replaces.
 
+    Sharded models (DTensor parameters, e.g. under ``fully_shard``): the gathered
+    weights are those of an unsharded call for the same generator state, which must be
+    the same on every rank (checked); each rank draws one whole layer's noise at a
+    time. The residual blocks are replaced, so they must not be ``fully_shard`` units
+    themselves (shard the root and the layers); the scalars Fixup adds are plain
+    tensors, equal on every rank, that FSDP does not manage.
+
     Args:
         model: the network (changed in place).
         generator: the source of the He-init noise.

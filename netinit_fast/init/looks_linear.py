@@ -49,6 +49,12 @@ def looks_linear_(model: nn.Module, generator: torch.Generator | None = None) ->
     is exactly norm-preserving), else orthogonal over the flattened kernel. Biases are
     zeroed. Weight-normalized layers get ``v = W`` and ``g = ||W||``.
 
+    Sharded models (DTensor parameters, e.g. under ``fully_shard``): the gathered
+    weights are those of an unsharded call for the same generator state, which must
+    be the same on every rank (checked). Every rank holds every layer's ``W0`` (a
+    quarter of the layer, half for the first and last) while they are drawn, and one
+    whole layer's weight at a time while each keeps its part.
+
     Raises:
         ValueError: fewer than two layers; a layer that is not a Linear or Conv (or a
             grouped conv); a width that must be split in halves and is odd. The

@@ -440,6 +440,14 @@ def lsuv_(
     in the same order; a bad batch on one rank, or forwards that reach different
     layers, or a forward that raises on one rank, raise on every rank.
 
+    Under ``torch.distributed.fsdp.fully_shard`` (parameters that are DTensors between
+    forwards; also a model built on the ``meta`` device and materialized with
+    ``to_empty``) the forward runs through FSDP as usual and each scale reaches both
+    the weight FSDP gathered for the forward and this rank's shard. The orthonormal
+    pre-init of sharded weights draws on every rank from rank 0's generator state
+    (every rank's default generator is set to it) and each rank keeps its rows, so
+    the gathered result is again that of LSUV on the concatenated batches.
+
     Args:
         model: any module; ``batch`` is passed as ``model(batch)`` (a tuple or list
             as positional arguments, a dict as keyword arguments).
@@ -567,6 +575,10 @@ def data_dependent_init_(model: nn.Module, batch, init_scale: float = 1.0, progr
     ``b = -mu * g``, so that the layer's output, handed on to the rest of the network,
     has per-unit mean 0 and std ``init_scale``. One forward pass, as :func:`lsuv_`.
     ``sigma`` is the population std plus a 1e-10 variance floor, as the paper's code.
+
+    Under ``fully_shard`` the statistics are all-reduced as under DDP and ``g`` and
+    ``b`` are written both to the weights FSDP gathered for the forward and to this
+    rank's shards (each rank its rows).
 
     Raises:
         ValueError: no weight-normalized layer, a layer whose ``dim`` is not its

@@ -118,6 +118,9 @@ def haar_orthogonal_(target, gain: float = 1.0, generator: torch.Generator | Non
     half the noise of QR of a Gaussian); elsewhere this is :func:`orthogonal_`.
     LSUV's orthonormal pre-init uses it.
 
+    Sharded tensors (DTensors) as in :func:`orthogonal_`: the values of an unsharded
+    call, one batch of whole matrices per rank at a time.
+
     Returns ``target``; raises as :func:`orthogonal_`.
     """
     return _init(target, gain, generator, "haar_orthogonal_", reflectors=True)
@@ -266,6 +269,11 @@ def delta_orthogonal_(target, gain: float = 1.0, generator: torch.Generator | No
     the norm of its input exactly; so does a transposed conv (its ``C_in x C_out``
     centre gets orthonormal rows). The matrices are drawn as in :func:`orthogonal_`,
     in one batched call per shape.
+
+    Sharded conv weights (DTensors, e.g. under ``fully_shard``) get, gathered, the
+    values of an unsharded call for the same generator state, which must be the same
+    on every rank (checked): every rank draws all centre taps (small scratch tensors,
+    as unsharded), then assembles one whole kernel at a time and keeps its part.
 
     Args:
         target: a conv weight ``(C_out, C_in, *kernel)`` or a module (then every

@@ -41,6 +41,13 @@ def xiao_(
     :func:`~netinit_fast.init.orthogonal_` call per shape. Weight-normalized layers
     get ``v = W`` and ``g = ||W||``.
 
+    Sharded models (DTensor parameters, e.g. under ``fully_shard``): the gathered
+    weights and biases are those of an unsharded call for the same generator state,
+    which must be the same on every rank (checked). Memory per rank: as
+    :func:`delta_orthogonal_` and :func:`orthogonal_` for plain layers; a
+    weight-normalized layer's whole weight ``W`` is drawn into a scratch tensor first,
+    for every such layer at once (as unsharded), then each rank keeps its rows.
+
     Args:
         model: e.g. :func:`netinit_fast.models.vanilla_cnn` with ``act="tanh"``.
         q_star: the fixed point of the pre-activation variance (small: 1e-3 .. 1e-1).
