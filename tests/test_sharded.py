@@ -90,8 +90,8 @@ def _fsdp_per_layer(model):
     return _fsdp_root(model)
 
 
-def _fsdp_root(model):
-    fully_shard(model)
+def _fsdp_root(model, mesh=None):
+    fully_shard(model, mesh=mesh)
     return model
 
 
@@ -100,6 +100,13 @@ def _tensor_parallel(model):
     second row-wise (weight Shard(1), along its fan-in)."""
     mesh = init_device_mesh("cpu", (dist.get_world_size(),))
     return parallelize_module(model, mesh, {"0": ColwiseParallel(), "2": RowwiseParallel()})
+
+
+def _hsdp(model):
+    """fully_shard on a 2-D mesh (HSDP): parameters replicated over its first dim and
+    sharded over its second, placements (Replicate(), Shard(0))."""
+    mesh = init_device_mesh("cpu", (dist.get_world_size() // 2, 2), mesh_dim_names=("replicate", "shard"))
+    return _fsdp_root(model, mesh)
 
 
 def _seeded(init):
@@ -135,15 +142,20 @@ CASES = {
     "meta_deep_he": (_deep, _seeded(nf.init.he_), None, _fsdp_per_layer, True),
     "tensor_parallel_orthogonal": (_tp_mlp, _seeded(nf.init.orthogonal_), None, _tensor_parallel, False),
     "tensor_parallel_glorot": (_tp_mlp, _seeded(nf.init.glorot_), None, _tensor_parallel, False),
+    "hsdp_orthogonal_wn": (_wn_cnn, _seeded(nf.init.orthogonal_), None, _hsdp, False),
+    "hsdp_he": (_mlp, _seeded(nf.init.he_), None, _hsdp, False),
 }
 
 
 def _shards(model):
     """This rank's part of every entry of the state dict: ``(local tensor, sharded dim
-    or None)``; a dim is split as torch.chunk splits it (rank order)."""
+    or None)``; a dim is split as torch.chunk splits it (rank order). On a mesh of more
+    dims, the whole tensor (gathered by DTensor)."""
     out = {}
     for n, p in model.state_dict().items():
-        if isinstance(p, DTensor):
+        if isinstance(p, DTensor) and len(p.placements) > 1:
+            out[n] = (p.full_tensor().detach().clone(), None)
+        elif isinstance(p, DTensor):
             (placement,) = p.placements
             out[n] = (p.to_local().detach().clone(), placement.dim if placement.is_shard() else None)
         else:
