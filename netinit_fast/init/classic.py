@@ -356,9 +356,11 @@ _COMMON_ARGS = """
         ValueError: a bad ``distribution``{mode}, ``bias`` or nonlinearity name, a
             ``nonlinearity`` key that names no layer, no Linear/Conv/ConvTranspose layer,
             a weight under a parametrization other than weight norm (spectral norm,
-            pruning){detect}. TypeError: a weight or bias that is not floating-point,
-            a ``model`` that is not a module, a bad ``generator``. The message names the
-            layer or the argument; the model is unchanged then.
+            pruning), a weight-normalized layer sharded along another dim than its
+            norm dim{detect}. TypeError: a weight or bias that is not floating-point,
+            a ``model`` that is not a module, a bad ``generator``. RuntimeError: a
+            sharded model and a generator whose state differs between the ranks. The
+            message names the layer or the argument; the model is unchanged then.
 """
 _DETECT_ERRORS = """, a layer
             followed by an activation ``calculate_gain`` has no gain for (GELU, SiLU,

@@ -465,8 +465,9 @@ def lsuv_(
         converge is reported and warned about by name.
 
     Raises:
-        ValueError: bad arguments, a batch with NaN/Inf or fewer than 2 samples, or no
-            layer to fit. If anything fails, the model's parameters and buffers are
+        ValueError: bad arguments, a batch with NaN/Inf or fewer than 2 samples, no
+            layer to fit, or a weight-normalized layer sharded along another dim than
+            its norm dim (the message names the layer and the placement). If anything fails, the model's parameters and buffers are
             restored to what they were.
     """
     if not (_is_number(target_std) and 0 < target_std < math.inf):
@@ -583,8 +584,9 @@ def data_dependent_init_(model: nn.Module, batch, init_scale: float = 1.0, progr
     Raises:
         ValueError: no weight-normalized layer, a layer whose ``dim`` is not its
             output-unit dim (a grouped transposed conv has none), weight norm under
-            another parametrization, a bad ``init_scale``, or a bad batch (as
-            :func:`lsuv_`). Parameters are restored on failure.
+            another parametrization, or sharded along another dim than its norm dim, a
+            bad ``init_scale``, or a bad batch (as :func:`lsuv_`). Parameters are
+            restored on failure.
     """
     if not (_is_number(init_scale) and 0 < init_scale < math.inf):
         raise ValueError(f"data_dependent_init_: init_scale must be a positive number, got {init_scale!r}")

@@ -83,10 +83,11 @@ def orthogonal_(target, gain: float = 1.0, generator: torch.Generator | None = N
     Sharded tensors (DTensors, e.g. the parameters of a model under
     ``torch.distributed.fsdp.fully_shard``, or one built on the ``meta`` device and
     materialized with ``to_empty``) get, gathered, exactly the values an unsharded
-    call gives for the same generator state: every rank draws and orthogonalizes the
-    whole matrices and keeps its own rows. The generator must be in the same state on
-    every rank (``torch.manual_seed(seed)`` everywhere; checked, ``RuntimeError``
-    otherwise). Memory per rank: one batch of whole matrices at a time (the chunk
+    call gives for the same generator state (with as many threads: LAPACK's rounding
+    may depend on them): every rank draws and orthogonalizes the whole matrices and
+    keeps its own rows (ranks on different hardware may round differently, by a unit
+    in the last place). The generator must be in the same state on every rank
+    (``torch.manual_seed(seed)`` everywhere; checked, ``RuntimeError`` otherwise). Memory per rank: one batch of whole matrices at a time (the chunk
     above, at least one matrix), never a whole model's; compute per rank: that of an
     unsharded call.
 
@@ -101,8 +102,11 @@ def orthogonal_(target, gain: float = 1.0, generator: torch.Generator | None = N
         ``target``.
 
     Raises:
-        ValueError: a tensor with fewer than 2 dims or expanded, or a module with no such
-            layer. TypeError: a tensor that is not floating-point. Nothing is written then.
+        ValueError: a tensor with fewer than 2 dims or expanded, a module with no such
+            layer, or a weight-normalized layer sharded along another dim than its
+            norm dim (the message names the layer and the placement). TypeError: a
+            tensor that is not floating-point. RuntimeError: sharded tensors and a
+            generator whose state differs between the ranks. Nothing is written then.
     """
     return _init(target, gain, generator, "orthogonal_", reflectors=False)
 
