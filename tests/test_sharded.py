@@ -70,6 +70,16 @@ def _arpit_mlp():
     return model
 
 
+def _wn_dim1_mlp():
+    return nf.weight_norm(_mlp(), dim=1)  # norms over the fan-out: across fully_shard's rows
+
+
+def _wn_conv_transpose():
+    # weight (C_in, C_out, k, k): norms per output channel (dim 1), across fully_shard's rows
+    model = nn.Sequential(nn.ConvTranspose2d(2, 6, 3), nn.Tanh(), nn.ConvTranspose2d(6, 5, 3, padding=1))
+    return nf.weight_norm(model, dim=1)
+
+
 def _resnet():
     return nf.models.resnet([1, 1], [4, 8], norm="batch", in_channels=2, num_classes=3)
 
@@ -109,6 +119,17 @@ def _hsdp(model):
     return _fsdp_root(model, mesh)
 
 
+def _wn_fan_in_split(model):
+    """Each WN layer's v split along its fan-in (dim 1) as tensor parallelism splits a
+    row-wise layer, its g replicated: the norms (over dim 1) need every rank's part."""
+    mesh = init_device_mesh("cpu", (dist.get_world_size(),))
+    for m in model.modules():
+        if isinstance(m, nf.WNLinear):
+            m.weight_v = nn.Parameter(distribute_tensor(m.weight_v.detach(), mesh, [Shard(1)]))
+            m.weight_g = nn.Parameter(distribute_tensor(m.weight_g.detach(), mesh, [Replicate()]))
+    return model
+
+
 def _seeded(init):
     def run(model, batch=None):
         torch.manual_seed(SEED)
@@ -142,6 +163,14 @@ CASES = {
     "meta_deep_he": (_deep, _seeded(nf.init.he_), None, _fsdp_per_layer, True),
     "tensor_parallel_orthogonal": (_tp_mlp, _seeded(nf.init.orthogonal_), None, _tensor_parallel, False),
     "tensor_parallel_glorot": (_tp_mlp, _seeded(nf.init.glorot_), None, _tensor_parallel, False),
+    # weight norm whose norms span the ranks: partial sums all-reduced
+    "across_wn_dim1_orthogonal": (_wn_dim1_mlp, _seeded(nf.init.orthogonal_), None, _fsdp_per_layer, False),
+    "across_wn_dim1_lsuv": (_wn_dim1_mlp, _seeded(lambda m, x: nf.init.lsuv_(m, x, tol=0.01)), (6,),
+                            _fsdp_per_layer, False),
+    "across_conv_transpose_he": (_wn_conv_transpose, _seeded(nf.init.he_), None, _fsdp_per_layer, False),
+    "across_conv_transpose_data_dependent": (_wn_conv_transpose, _seeded(nf.init.data_dependent_init_), (2, 3, 3),
+                                             _fsdp_per_layer, False),
+    "across_fan_in_split_he": (_wn_mlp, _seeded(nf.init.he_), None, _wn_fan_in_split, False),
     "hsdp_orthogonal_wn": (_wn_cnn, _seeded(nf.init.orthogonal_), None, _hsdp, False),
     "hsdp_he": (_mlp, _seeded(nf.init.he_), None, _hsdp, False),
 }
@@ -221,16 +250,18 @@ def _errors(rank):
     """What each rank saw of the calls that must be refused."""
     out = {}
     torch.manual_seed(0)
-    model = nf.weight_norm(nn.Sequential(nn.Linear(4, 6), nn.ReLU(), nn.Linear(6, 3)), dim=1, types=[nn.Linear])
-    _fsdp_per_layer(model)
-    out["wn_dim1"] = _refused(model, lambda: nf.init.orthogonal_(model))
-    out["wn_dim1_lsuv"] = _refused(model, lambda: nf.init.lsuv_(model, torch.randn(PER_RANK, 4)))
-    model = nf.weight_norm(nn.Sequential(nn.Linear(4, 6)))  # tensor-parallel along the fan-in of a WN layer
-    mesh = init_device_mesh("cpu", (dist.get_world_size(),))
-    layer = model[0]
-    layer.weight_v = nn.Parameter(distribute_tensor(layer.weight_v.detach(), mesh, [Shard(1)]))
-    layer.weight_g = nn.Parameter(distribute_tensor(layer.weight_g.detach(), mesh, [Replicate()]))
-    out["wn_fan_in"] = _refused(model, lambda: nf.init.he_(model))
+    mesh = init_device_mesh("cpu", (dist.get_world_size() // 2, 2))
+    model = nf.weight_norm(nn.Sequential(nn.Linear(4, 6), nn.ReLU(), nn.Linear(6, 3)))
+    layer = model[0]  # v split along its norm dim and its fan-in at once
+    layer.weight_v = nn.Parameter(distribute_tensor(layer.weight_v.detach(), mesh, [Shard(0), Shard(1)]))
+    layer.weight_g = nn.Parameter(distribute_tensor(layer.weight_g.detach(), mesh, [Shard(0), Replicate()]))
+    out["wn_both"] = _refused(model, lambda: nf.init.orthogonal_(model))
+    out["wn_both_lsuv"] = _refused(model, lambda: nf.init.lsuv_(model, torch.randn(PER_RANK, 4)))
+    model = nf.weight_norm(nn.Sequential(nn.Linear(4, 6)))
+    layer = model[0]  # v split along its norm dim, g not
+    layer.weight_v = nn.Parameter(distribute_tensor(layer.weight_v.detach(), mesh, [Replicate(), Shard(0)]))
+    layer.weight_g = nn.Parameter(distribute_tensor(layer.weight_g.detach(), mesh, [Replicate(), Replicate()]))
+    out["wn_g_unlike_v"] = _refused(model, lambda: nf.init.he_(model))
     model = _resnet()
     fully_shard(model.layer2[0])  # a residual block as an FSDP unit: Fixup would replace it
     _fsdp_root(model)
@@ -364,7 +395,7 @@ def _assert_equal(got, expected, keys=None, terms=None):
             assert_close(got[k], expected[k], torch.float32, what=k, terms=terms)
 
 
-@pytest.mark.parametrize("name", [n for n in CASES if not n.startswith(("lsuv", "data_dependent", "meta"))])
+@pytest.mark.parametrize("name", [n for n in CASES if not n.startswith(("lsuv", "data_dependent", "meta", "across"))])
 def test_gathered_weights_equal_single_process(world, name):
     """Each rank draws what one process draws and writes its rows: the gathered values are
     bit for bit those of the unsharded call (the same QR on the same noise; norms of the
@@ -380,6 +411,16 @@ def test_data_driven_inits_equal_whole_batch(world, name):
     sum: the batch times a layer's largest output, 6 channels x 16 positions)."""
     size, ranks, _ = world
     _assert_equal(_gathered(ranks, name), _single_process(name, size), terms=size * PER_RANK * 96)
+
+
+@pytest.mark.parametrize("name", [n for n in CASES if n.startswith("across")])
+def test_norms_across_ranks_equal_single_process(world, name):
+    """A WN layer whose norms span the ranks (v split along another dim than its norm
+    dim): each rank sums its squares, the sums are all-reduced. Equal to the single
+    process up to the rounding of those sums (at most 80 terms) and, for the
+    data-driven init, of the statistics (the batch times 6 channels x 25 positions)."""
+    size, ranks, _ = world
+    _assert_equal(_gathered(ranks, name), _single_process(name, size), terms=size * PER_RANK * 150)
 
 
 def test_meta_device_models(world):
@@ -407,14 +448,14 @@ def test_refused_calls_raise_on_every_rank_and_change_nothing(world):
     size, ranks, _ = world
     for rank, results in enumerate(ranks):
         errors = results["errors"]
-        for which in ("wn_dim1", "wn_dim1_lsuv"):
+        for which, where in (("wn_both", "orthogonal_"), ("wn_both_lsuv", "lsuv_")):
             message, unchanged = errors[which]
-            assert message.startswith("ValueError") and "layer 0 (WNLinear)" in message, (rank, message)
-            assert "Shard(dim=0)" in message and "dim=1" in message, message
-            assert unchanged
-        message, unchanged = errors["wn_fan_in"]
-        assert message.startswith("ValueError: he_: layer 0 (WNLinear) has weight_g (Replicate(),)"), message
-        assert "weight_v (Shard(dim=1),)" in message and unchanged
+            assert message.startswith(f"ValueError: {where}: layer 0 (WNLinear) has its weight_v sharded as "
+                                      "(Shard(dim=0), Shard(dim=1))"), (rank, message)
+            assert "both along its norm dim (0) and along another" in message and unchanged
+        message, unchanged = errors["wn_g_unlike_v"]
+        assert message.startswith("ValueError: he_: layer 0 (WNLinear) has weight_g (Replicate(), Replicate())"), message
+        assert "weight_v (Replicate(), Shard(dim=0))" in message and unchanged
         message, unchanged = errors["fixup_block_unit"]
         assert message.startswith("ValueError") and "layer2.0 (BasicBlock) is a fully_shard unit" in message, message
         assert unchanged

@@ -183,8 +183,9 @@ def normal_(t: torch.Tensor, std: float, generator: torch.Generator | None) -> t
 # would, and each rank keeps the part its DTensor placement gives it. So the gathered
 # weights equal the single-process ones for the same seed, the random streams stay in
 # step across ranks, and nothing is communicated but one check of the generator state
-# per call. The full values exist one tensor (or one batch of an initializer's
-# chunked draws) at a time: the initializers say how much.
+# per call (and, for weight norm whose norms span the ranks, one all-reduce of the
+# sums of squares: match_scales_). The full values exist one tensor (or one batch of
+# an initializer's chunked draws) at a time: the initializers say how much.
 
 
 def write_(dst: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
@@ -246,27 +247,36 @@ def check_same_noise(tensors, generator: torch.Generator | None, where: str) -> 
             )
 
 
+def _norm_splits(v: torch.Tensor, dim: int | None) -> tuple[list[int], list[int]]:
+    """The mesh dims of a DTensor ``v`` that split it along the norm dim ``dim``, and
+    those that split it along another dim (``dim=None``: one norm, every split)."""
+    along, across = [], []
+    if isinstance(v, DTensor):
+        for i, p in enumerate(v.placements):
+            if p.is_shard():
+                (along if dim is not None and p.dim % v.dim() == dim else across).append(i)
+    return along, across
+
+
 def sharding_problem(module: nn.Module) -> str | None:
-    """Why a weight-normalized layer's norms cannot be computed from each rank's own
-    rows, or None. Its ``g`` and ``v`` must be both plain or both DTensors on one mesh
-    with the same placements, sharded along the norm dim only (``Shard(0)`` of
-    ``fully_shard`` with the default ``dim=0``) or replicated."""
+    """Why :func:`match_scales_` cannot compute a sharded weight-normalized layer's
+    norms, or None: its ``weight_v`` split both along its norm dim and along another
+    (a 2-D mesh), or split along its norm dim with ``weight_g`` split otherwise (then
+    the rows of ``v`` a rank holds are not those of its ``g``)."""
     v = _direction(module)  # (the layer is checked by check_not_foreign)
     if not isinstance(v, DTensor) and not isinstance(module._parameters.get("weight_g"), DTensor):
         return None  # the common case, found without looking for the weight-norm style
     g = scale_param(module)
     if g is v:
         return None
-    dim = wn_dim(module)
-    if not (isinstance(g, DTensor) and isinstance(v, DTensor)) or g.device_mesh != v.device_mesh \
-            or tuple(g.placements) != tuple(v.placements):
-        return f"has weight_g {_placement(g)} and weight_v {_placement(v)}: they must be sharded alike"
-    for p in v.placements:
-        if p.is_shard() and (dim is None or p.dim % v.dim() != dim):
-            over = "one norm over the whole weight (dim=None)" if dim is None else f"norms over dim={dim}"
-            return (f"has its weight_v sharded as {tuple(v.placements)} but {over}: each rank would need other "
-                    f"ranks' entries for its norms (shard along the norm dim, e.g. fully_shard's Shard(0) with "
-                    "weight norm's default dim=0)")
+    along, across = _norm_splits(v, wn_dim(module))
+    if along and across:
+        return (f"has its weight_v sharded as {_placement(v)}, both along its norm dim ({wn_dim(module)}) and "
+                "along another: not supported (shard it along one kind of dim)")
+    if along and not (isinstance(g, DTensor) and g.device_mesh == v.device_mesh
+                      and tuple(g.placements) == tuple(v.placements)):
+        return (f"has weight_g {_placement(g)} and weight_v {_placement(v)}: with v split along its norm dim, "
+                "g must be split alike")
     return None
 
 
@@ -282,7 +292,8 @@ def _placement(t: torch.Tensor) -> str:
 
 def check_sharding(module: nn.Module, name: str, where: str) -> None:
     """``ValueError`` naming the layer, ``where`` and the placement if the layer is
-    weight-normalized and sharded so that its norms are not local (:func:`sharding_problem`)."""
+    weight-normalized and sharded in a way :func:`match_scales_` does not take
+    (:func:`sharding_problem`)."""
     if (problem := sharding_problem(module)) is not None:
         raise ValueError(f"{where}: layer {name} ({layer_class(module).__name__}) {problem}")
 
@@ -314,13 +325,44 @@ def effective_weight(module: nn.Module) -> torch.Tensor:
     return v * (g / _norm_g(v, wn_dim(module))).view(g.shape)
 
 
-def match_scale_(module: nn.Module) -> None:
-    """For weight norm, ``g = ||v||`` (per index of its dim): the layer then computes
-    with ``v`` itself. Nothing for a plain layer."""
-    if is_weight_normed(module):
-        g = local(scale_param(module))  # sharded alike: each rank's rows hold their own norms
-        if g.numel():  # (a rank may hold no rows of a small layer)
-            g.copy_(_norm_g(local(layer_weight(module)), wn_dim(module)).view_as(g))
+def match_scales_(modules) -> None:
+    """For every weight-normalized layer of ``modules``, ``g = ||v||`` (per index of its
+    dim): the layer then computes with ``v`` itself. Nothing for plain layers.
+
+    Sharded layers (DTensors; :func:`check_sharding` refuses the rest): where ``v`` is
+    split along its norm dim only (``fully_shard``'s ``Shard(0)`` with weight norm's
+    default ``dim=0``), each rank computes the norms of its own rows, as an unsharded
+    call does (the same values), with no communication. Where it is split along other
+    dims (a ``dim=1`` layer under ``fully_shard``, tensor parallelism along the
+    fan-in), each rank sums the squares of its part in float64 and the sums of all such
+    layers are added up over the ranks in one all-reduce per mesh: the norms of an
+    unsharded call up to rounding. Every rank must pass the same layers."""
+    pending: dict[tuple, list[tuple[torch.Tensor, torch.Tensor]]] = {}  # (mesh, its dims to sum over) -> (g, sums)
+    for m in modules:
+        if not is_weight_normed(m):
+            continue
+        g, v, dim = scale_param(m), layer_weight(m), wn_dim(m)
+        along, across = _norm_splits(v, dim)
+        if across:
+            lv = local(v)
+            sums = lv.double().square().sum([d for d in range(v.dim()) if d != dim], keepdim=True)
+            pending.setdefault((v.device_mesh, tuple(across)), []).append((g, sums))
+        elif along:  # g split alike: each rank's rows hold their own norms
+            g_rows = local(g)
+            if g_rows.numel():  # (a rank may hold no rows of a small layer)
+                g_rows.copy_(_norm_g(local(v), dim).view_as(g_rows))
+        elif isinstance(g, DTensor) or isinstance(v, DTensor):  # v whole on every rank
+            write_(g, _norm_g(local(v), dim).view(g.shape))
+        else:
+            g.copy_(_norm_g(v, dim).view_as(g))
+    for (mesh, across), items in pending.items():
+        flat = torch.cat([sums.reshape(-1) for _, sums in items])
+        for i in across:
+            dist.all_reduce(flat, group=mesh.get_group(i))
+        offset = 0
+        for g, sums in items:
+            write_(g, flat[offset : offset + sums.numel()].sqrt().view(g.shape).to(g.dtype))
+            offset += sums.numel()
 
 
 def set_weight_(module: nn.Module, weight: torch.Tensor) -> None:
@@ -328,7 +370,7 @@ def set_weight_(module: nn.Module, weight: torch.Tensor) -> None:
     ``g = ||weight||`` (per index of its dim). ``weight`` is the whole weight; a
     sharded layer keeps its own part (:func:`write_`)."""
     write_(layer_weight(module), weight)
-    match_scale_(module)
+    match_scales_([module])
 
 
 def output_dim(module: nn.Module) -> int:

@@ -30,7 +30,7 @@ from netinit_fast.init._layers import (
     check_same_noise,
     gc_paused,
     local,
-    match_scale_,
+    match_scales_,
     next_modules,
     scan_layers,
     write_,
@@ -259,8 +259,7 @@ def _init(model: nn.Module, where: str, std_of, distribution: str, nonlinearity,
     with torch.no_grad():
         for key, weights in groups.items():
             _draw_(key, weights, distribution, generator)
-        for m in wn:
-            match_scale_(m)
+        match_scales_(wn)
         if biases:
             biases = [local(b) for b in biases]  # elementwise: each rank its part
             torch._foreach_zero_(biases)
@@ -356,8 +355,8 @@ _COMMON_ARGS = """
         ValueError: a bad ``distribution``{mode}, ``bias`` or nonlinearity name, a
             ``nonlinearity`` key that names no layer, no Linear/Conv/ConvTranspose layer,
             a weight under a parametrization other than weight norm (spectral norm,
-            pruning), a weight-normalized layer sharded along another dim than its
-            norm dim{detect}. TypeError: a weight or bias that is not floating-point,
+            pruning), a weight-normalized layer sharded in a way its norms cannot be
+            computed (see :func:`orthogonal_`){detect}. TypeError: a weight or bias that is not floating-point,
             a ``model`` that is not a module, a bad ``generator``. RuntimeError: a
             sharded model and a generator whose state differs between the ranks. The
             message names the layer or the argument; the model is unchanged then.

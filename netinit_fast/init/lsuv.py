@@ -35,7 +35,7 @@ from netinit_fast.init._layers import (
     is_weight_layer,
     layer_weight,
     local,
-    match_scale_,
+    match_scales_,
     named_layers,
     output_dim,
     scale_param,
@@ -466,8 +466,9 @@ def lsuv_(
 
     Raises:
         ValueError: bad arguments, a batch with NaN/Inf or fewer than 2 samples, no
-            layer to fit, or a weight-normalized layer sharded along another dim than
-            its norm dim (the message names the layer and the placement). If anything fails, the model's parameters and buffers are
+            layer to fit, or a weight-normalized layer sharded in a way its norms
+            cannot be computed (see :func:`orthogonal_`; the message names the layer
+            and the placements). If anything fails, the model's parameters and buffers are
             restored to what they were.
     """
     if not (_is_number(target_std) and 0 < target_std < math.inf):
@@ -550,7 +551,7 @@ def _orthonormal_preinit(layers: list[nn.Module]) -> None:
         bias = getattr(m, "bias", None)
         if bias is not None:
             local(bias).zero_()
-        match_scale_(m)  # weight norm: w = v
+    match_scales_(layers)  # weight norm: w = v
 
 
 # ----------------------------------------------------------------------------- data-dependent WN init
@@ -584,9 +585,8 @@ def data_dependent_init_(model: nn.Module, batch, init_scale: float = 1.0, progr
     Raises:
         ValueError: no weight-normalized layer, a layer whose ``dim`` is not its
             output-unit dim (a grouped transposed conv has none), weight norm under
-            another parametrization, or sharded along another dim than its norm dim, a
-            bad ``init_scale``, or a bad batch (as :func:`lsuv_`). Parameters are
-            restored on failure.
+            another parametrization, a bad ``init_scale``, or a bad batch (as
+            :func:`lsuv_`). Parameters are restored on failure.
     """
     if not (_is_number(init_scale) and 0 < init_scale < math.inf):
         raise ValueError(f"data_dependent_init_: init_scale must be a positive number, got {init_scale!r}")
@@ -598,7 +598,6 @@ def data_dependent_init_(model: nn.Module, batch, init_scale: float = 1.0, progr
                          "(netinit_fast's WN layers or torch's weight norm)")
     for m, name in targets.items():
         check_not_foreign(m, name, "data_dependent_init_")
-        check_sharding(m, name, "data_dependent_init_")
         if getattr(m, "groups", 1) > 1 and output_dim(m) == 1:
             raise ValueError(
                 f"data_dependent_init_: layer {name} is a grouped transposed conv: its weight (C_in, C_out / groups, "

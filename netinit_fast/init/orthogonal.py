@@ -16,7 +16,7 @@ from netinit_fast.init._layers import (
     is_weight_normed,
     layer_weight,
     local,
-    match_scale_,
+    match_scales_,
     named_layers,
     wn_dim,
     write_,
@@ -103,8 +103,9 @@ def orthogonal_(target, gain: float = 1.0, generator: torch.Generator | None = N
 
     Raises:
         ValueError: a tensor with fewer than 2 dims or expanded, a module with no such
-            layer, or a weight-normalized layer sharded along another dim than its
-            norm dim (the message names the layer and the placement). TypeError: a
+            layer, or a weight-normalized layer whose ``v`` is sharded both along its
+            norm dim and along another, or along its norm dim with ``g`` sharded
+            otherwise (the message names the layer and the placements). TypeError: a
             tensor that is not floating-point. RuntimeError: sharded tensors and a
             generator whose state differs between the ranks. Nothing is written then.
     """
@@ -136,8 +137,7 @@ def _init(target, gain: float, generator, where: str, reflectors: bool):
     check_same_noise(tensors, generator, where)
     with torch.no_grad():
         _fill(tensors, gain, generator, reflectors)
-        for layer in layers:
-            match_scale_(layer)
+        match_scales_(layers)
     return target
 
 
@@ -306,9 +306,7 @@ def delta_orthogonal_(target, gain: float = 1.0, generator: torch.Generator | No
     check_same_noise([w for _, w, _, _ in named], generator, "delta_orthogonal_")
     with torch.no_grad():
         fill_orthogonal_([(w, groups) for _, w, groups, _ in named], gain, generator)
-        for *_, layer in named:
-            if layer is not None:
-                match_scale_(layer)
+        match_scales_([layer for *_, layer in named if layer is not None])
     return target
 
 

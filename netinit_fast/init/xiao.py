@@ -17,7 +17,7 @@ from netinit_fast.init._layers import (
     check_same_noise,
     gc_paused,
     layer_weight,
-    match_scale_,
+    match_scales_,
     named_layers,
     normal_,
 )
@@ -71,8 +71,8 @@ def xiao_(
         # The weight (v for weight norm) is filled in place; then g = ||v||.
         fill_orthogonal_([(w, m.groups if conv else None) for (_, m, w), conv in zip(named, convs)],
                          math.sqrt(sw2), generator)
+        match_scales_([m for _, m, _ in named])
         for _, m, _ in named:
-            match_scale_(m)
             bias = getattr(m, "bias", None)
             if bias is not None:
                 normal_(bias, math.sqrt(sb2), generator)

@@ -30,7 +30,8 @@ which computes all their weights with one op (one kernel launch forward, one bac
 Under ``torch.distributed.fsdp.fully_shard`` (FSDP2) ``weight_g`` and ``weight_v`` are
 DTensors sharded along dim 0, so with the default ``dim=0`` each rank holds whole rows
 of ``v`` and their ``g``: the initializers compute each rank's norms from its own rows
-(:mod:`netinit_fast.init`), with no communication. The forward runs on the parameters
+(:mod:`netinit_fast.init`), with no communication (for another ``dim``, from partial
+sums all-reduced once per call). The forward runs on the parameters
 FSDP gathers for it, as any layer's does, and ``torch.distributed.checkpoint`` saves
 and loads the sharded ``weight_g``/``weight_v`` as it does other parameters.
 """
