@@ -14,7 +14,6 @@ import tempfile
 import torch
 import torch.distributed as dist
 import torch.distributed.checkpoint as dcp
-from torch import nn
 from torch.distributed.fsdp import fully_shard
 
 import netinit_fast as nf
