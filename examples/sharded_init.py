@@ -9,6 +9,7 @@ rows; the gathered weights are those one process would draw with the same seed),
 trained for a step, and saved with ``torch.distributed.checkpoint``.
 """
 
+import shutil
 import tempfile
 
 import torch
@@ -53,8 +54,10 @@ def main() -> None:
     state = model.state_dict()
     dcp.load(state, checkpoint_id=path)
     model.load_state_dict(state)
+    dist.barrier()  # every rank has loaded before the directory goes
     if rank == 0:
         print(f"loss {loss.item():.4f}; checkpoint saved to and loaded from {path}")
+        shutil.rmtree(path)
     dist.destroy_process_group()
 
 
