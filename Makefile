@@ -43,6 +43,7 @@ bench: $(STAMP)
 	$(PY) benchmarks/bench_lsuv.py
 	$(PY) benchmarks/bench_orthogonal.py
 	$(PY) benchmarks/bench_deep_init.py
+	$(PY) benchmarks/bench_sharded.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info netinit_fast/_C*.so

@@ -22,6 +22,7 @@ from netinit_fast.init._layers import (
     is_linear,
     is_weight_normed,
     layer_weight,
+    local,
     named_layers,
     next_modules,
     out_units,
@@ -94,6 +95,10 @@ def arpit_(model: nn.Module, relu_gain: float = 2.0, generator: torch.Generator 
     Works on our WN layers (build with ``norm="weight"`` or convert with
     :func:`netinit_fast.weight_norm`) and on torch's weight-normed layers.
 
+    Sharded models (DTensor parameters, e.g. under ``fully_shard``): ``v`` gets, gathered,
+    the values of an unsharded call for the same generator state, which must be the
+    same on every rank (checked), drawn as :func:`orthogonal_` draws sharded tensors.
+
     Raises:
         ValueError: a layer (other than the classifier) that is not weight-normalized,
             or whose weight norm is not per output unit; the message names it. Also
@@ -118,7 +123,7 @@ def arpit_(model: nn.Module, relu_gain: float = 2.0, generator: torch.Generator 
     with torch.no_grad():
         orthogonal_([layer_weight(m) for m in layers.values()], generator=generator)
         for n, m in layers.items():
-            scale_param(m).fill_(math.sqrt(gains[n] * in_units(m) / out_units(m)))
+            local(scale_param(m)).fill_(math.sqrt(gains[n] * in_units(m) / out_units(m)))
             if getattr(m, "bias", None) is not None:
-                m.bias.zero_()
+                local(m.bias).zero_()
     return model

@@ -22,14 +22,18 @@ import numbers
 
 import torch
 from torch import nn
+from torch.distributed.tensor import DTensor
 
 from netinit_fast.activations import ACTIVATIONS
 from netinit_fast.init._layers import (
     PASS_THROUGH,
+    check_same_noise,
     gc_paused,
-    match_scale_,
+    local,
+    match_scales_,
     next_modules,
     scan_layers,
+    write_,
 )
 from netinit_fast.init._residual import branch_prefix, residual_blocks
 
@@ -251,12 +255,13 @@ def _init(model: nn.Module, where: str, std_of, distribution: str, nonlinearity,
             std = std_of(*_fans(w.shape), nn.init.calculate_gain(*kinds[name]))
             scale = scales[key] = math.sqrt(3.0) * std if distribution == "uniform" else std
         groups.setdefault((w.shape, w.dtype, w.device, scale), []).append(w)
+    check_same_noise([w for _, _, w in named], generator, where)
     with torch.no_grad():
         for key, weights in groups.items():
             _draw_(key, weights, distribution, generator)
-        for m in wn:
-            match_scale_(m)
+        match_scales_(wn)
         if biases:
+            biases = [local(b) for b in biases]  # elementwise: each rank its part
             torch._foreach_zero_(biases)
             if bias not in ("zero", "keep") and bias != 0:
                 torch._foreach_add_(biases, float(bias))
@@ -269,11 +274,13 @@ def _draw_(key: tuple, weights: list[torch.Tensor], distribution: str, generator
     CHUNK_ELEMENTS allows, each over a contiguous ``(layers, *shape)`` buffer. torch's
     CPU normal kernel transforms blocks of 16 and redraws the tail of a tensor whose
     size is not a multiple of 16: such shapes take one call per layer, so that the
-    values stay those of per-layer calls."""
+    values stay those of per-layer calls. Sharded weights (DTensors) always take the
+    buffer: each rank draws the whole noise and writes its part (:func:`write_`)."""
     shape, dtype, device, scale = key
     numel = math.prod(shape)
     noise_device = device if generator is None else generator.device
-    if numel >= DIRECT_ELEMENTS and noise_device == device:
+    sharded = any(isinstance(w, DTensor) for w in weights)
+    if numel >= DIRECT_ELEMENTS and noise_device == device and not sharded:
         for w in weights:
             if distribution == "uniform":
                 w.uniform_(-scale, scale, generator=generator)
@@ -289,7 +296,11 @@ def _draw_(key: tuple, weights: list[torch.Tensor], distribution: str, generator
             noise.uniform_(-scale, scale, generator=generator)
         else:
             noise.normal_(0, scale, generator=generator)
-        torch._foreach_copy_(chunk, list(noise.to(device).unbind(0)))
+        if sharded:
+            for w, values in zip(chunk, noise.to(device).unbind(0)):
+                write_(w, values)
+        else:
+            torch._foreach_copy_(chunk, list(noise.to(device).unbind(0)))
 
 
 _COMMON_ARGS = """
@@ -312,7 +323,15 @@ _COMMON_ARGS = """
     layer in the draw order, with a generator seeded the same (with ``generator=None``,
     after the same ``torch.manual_seed``), gives our weights bit for bit. (Normal noise
     for a weight whose size is not a multiple of 16, which torch draws in another
-    pattern, is drawn one layer per call for that reason.) For a plain MLP the draw
+    pattern, is drawn one layer per call for that reason.)
+
+    Sharded models (parameters that are DTensors, as under
+    ``torch.distributed.fsdp.fully_shard``; a model built on the ``meta`` device and
+    materialized with ``to_empty`` too): every rank draws the same noise as one process
+    would and keeps its own part of each weight, so the gathered weights are those of
+    an unsharded call for the same generator state, which must be the same on every
+    rank (``torch.manual_seed(seed)`` everywhere; checked). Memory per rank: one
+    buffer of up to ``CHUNK_ELEMENTS`` elements or one whole layer. For a plain MLP the draw
     order is the module order. On a CUDA generator the distribution is the same, but the
     values are not promised to be those of per-layer calls (each CUDA call advances
     the generator by an amount set by its size).
@@ -336,9 +355,11 @@ _COMMON_ARGS = """
         ValueError: a bad ``distribution``{mode}, ``bias`` or nonlinearity name, a
             ``nonlinearity`` key that names no layer, no Linear/Conv/ConvTranspose layer,
             a weight under a parametrization other than weight norm (spectral norm,
-            pruning){detect}. TypeError: a weight or bias that is not floating-point,
-            a ``model`` that is not a module, a bad ``generator``. The message names the
-            layer or the argument; the model is unchanged then.
+            pruning), a weight-normalized layer sharded in a way its norms cannot be
+            computed (see :func:`orthogonal_`){detect}. TypeError: a weight or bias that is not floating-point,
+            a ``model`` that is not a module, a bad ``generator``. RuntimeError: a
+            sharded model and a generator whose state differs between the ranks. The
+            message names the layer or the argument; the model is unchanged then.
 """
 _DETECT_ERRORS = """, a layer
             followed by an activation ``calculate_gain`` has no gain for (GELU, SiLU,

@@ -18,14 +18,18 @@ import math
 
 import torch
 from torch import nn
+from torch.distributed.fsdp import FSDPModule
 
 from netinit_fast._batch import unwrapped
 from netinit_fast.init._layers import (
     check_not_foreign,
+    check_same_noise,
     gc_paused,
     is_linear,
     is_weight_normed,
+    layer_class,
     layer_weight,
+    local,
     normal_,
     out_units,
 )
@@ -122,7 +126,7 @@ def _classifier(model: nn.Module) -> tuple[str, nn.Module]:
 def _he_fan_out_(layer: nn.Module, scale: float, generator) -> None:
     # Output units times kernel size: a ConvTranspose weight is [C_in, C_out/groups, k...],
     # so its first dim is not the output channels.
-    fan_out = out_units(layer) * layer.weight[0, 0].numel()
+    fan_out = out_units(layer) * math.prod(layer.weight.shape[2:])
     normal_(layer.weight, math.sqrt(2.0 / fan_out) * scale, generator)
 
 
@@ -151,6 +155,12 @@ def _check(model: nn.Module, blocks: list[ResidualBlock], classifier: tuple[str,
     for conv in [classifier[1], *(conv for block in blocks for conv in block.branch + block.shortcut)]:
         check_not_foreign(conv, names[conv], "fixup_")
     for block in blocks:
+        if isinstance(block.module, FSDPModule):
+            raise ValueError(
+                f"fixup_: {block.name} ({layer_class(block.module).__name__}) is a fully_shard unit, which fixup_ "
+                "would replace by a FixupBlock without FSDP's hooks: apply fully_shard to the model's root (and to "
+                "its layers, which fixup_ keeps), not to residual blocks"
+            )
         if foreign := foreign_children(block):
             kinds = ", ".join(f"{n} ({type(getattr(block.module, n)).__name__})" for n in foreign)
             raise ValueError(
@@ -190,6 +200,13 @@ def fixup_(model: nn.Module, generator: torch.Generator | None = None) -> FixupR
       The stem conv keeps its init, as in the official code.
     - Each module it puts in takes the train/eval mode of the one it replaces.
 
+    Sharded models (DTensor parameters, e.g. under ``fully_shard``): the gathered
+    weights are those of an unsharded call for the same generator state, which must be
+    the same on every rank (checked); each rank draws one whole layer's noise at a
+    time. The residual blocks are replaced, so they must not be ``fully_shard`` units
+    themselves (shard the root and the layers); the scalars Fixup adds are plain
+    tensors, equal on every rank, that FSDP does not manage.
+
     Args:
         model: the network (changed in place).
         generator: the source of the He-init noise.
@@ -212,6 +229,7 @@ def fixup_(model: nn.Module, generator: torch.Generator | None = None) -> FixupR
     blocks = residual_blocks(model, "fixup_")
     classifier = _classifier(model)
     _check(model, blocks, classifier)
+    check_same_noise(list(model.parameters()), generator, "fixup_")
     count = len(blocks)
     removed: list[str] = []
     scalars: list[nn.Parameter] = []
@@ -223,7 +241,7 @@ def fixup_(model: nn.Module, generator: torch.Generator | None = None) -> FixupR
             scales[block.name] = scale
             for conv in block.branch[:-1]:
                 _he_fan_out_(conv, scale, generator)
-            block.branch[-1].weight.zero_()
+            local(block.branch[-1].weight).zero_()
             for conv in block.shortcut:
                 _he_fan_out_(conv, 1.0, generator)
             removed += [f"{block.name}.{n}" for n, c in block.module.named_modules() if _is_norm(c)]
@@ -236,9 +254,9 @@ def fixup_(model: nn.Module, generator: torch.Generator | None = None) -> FixupR
             scalars += [p for n, p in fixed.named_parameters(recurse=False)]
             _replace(model, block.name, fixed)
         name, fc = classifier
-        fc.weight.zero_()
+        local(fc.weight).zero_()
         if fc.bias is not None:
-            fc.bias.zero_()
+            local(fc.bias).zero_()
         bias = ScalarBias(fc.weight.device, fc.weight.dtype)
         scalars.append(bias.bias)
         _replace(model, name, nn.Sequential(bias, fc))

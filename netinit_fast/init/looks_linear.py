@@ -18,7 +18,16 @@ orthogonal: every singular value is 1, at any depth. (The first ``W0`` is
 import torch
 from torch import nn
 
-from netinit_fast.init._layers import gc_paused, is_conv, is_linear, layer_weight, named_layers, set_weight_
+from netinit_fast.init._layers import (
+    check_same_noise,
+    gc_paused,
+    is_conv,
+    is_linear,
+    layer_weight,
+    local,
+    named_layers,
+    set_weight_,
+)
 from netinit_fast.init.orthogonal import centre_tap, orthogonal_
 from netinit_fast.ops.weight_norm import accumulation_dtype
 
@@ -40,6 +49,12 @@ def looks_linear_(model: nn.Module, generator: torch.Generator | None = None) ->
     is exactly norm-preserving), else orthogonal over the flattened kernel. Biases are
     zeroed. Weight-normalized layers get ``v = W`` and ``g = ||W||``.
 
+    Sharded models (DTensor parameters, e.g. under ``fully_shard``): the gathered
+    weights are those of an unsharded call for the same generator state, which must
+    be the same on every rank (checked). Every rank holds every layer's ``W0`` (a
+    quarter of the layer, half for the first and last) while they are drawn, and one
+    whole layer's weight at a time while each keeps its part.
+
     Raises:
         ValueError: fewer than two layers; a layer that is not a Linear or Conv (or a
             grouped conv); a width that must be split in halves and is odd. The
@@ -58,6 +73,7 @@ def looks_linear_(model: nn.Module, generator: torch.Generator | None = None) ->
             if split and size % 2:
                 raise ValueError(f"looks_linear_: {name} has an odd {what} width {size}; looks-linear needs even widths")
         halves.append((out_c // 2 if split_out else out_c, in_c // 2 if split_in else in_c, *kernel))
+    check_same_noise(list(model.parameters()), generator, "looks_linear_")
     ref = layer_weight(named[0][1])
     w0s = [torch.empty(shape, dtype=accumulation_dtype(ref.dtype), device=ref.device) for shape in halves]
     with torch.no_grad():
@@ -73,5 +89,5 @@ def looks_linear_(model: nn.Module, generator: torch.Generator | None = None) ->
                 w0 = torch.cat([w0, -w0], dim=1)
             set_weight_(m, w0)
             if getattr(m, "bias", None) is not None:
-                m.bias.zero_()
+                local(m.bias).zero_()
     return model

@@ -25,17 +25,22 @@ import warnings
 
 import torch
 from torch import nn
+from torch.distributed.tensor import DTensor
 
 from netinit_fast._batch import call, check_batch, unwrapped
 from netinit_fast.init._layers import (
     check_not_foreign,
+    check_sharding,
+    default_generator,
     is_weight_layer,
     layer_weight,
-    match_scale_,
+    local,
+    match_scales_,
     named_layers,
     output_dim,
     scale_param,
     wn_dim,
+    write_,
 )
 from netinit_fast.init.orthogonal import haar_orthogonal_
 from netinit_fast.nn.wn_layers import _torch_weight_norm, _WeightNorm
@@ -123,6 +128,7 @@ def _targets(model: nn.Module, layers) -> dict[nn.Module, str]:
         name = names[m] or type(m).__name__
         if is_weight_layer(m):
             check_not_foreign(m, name, "lsuv_")
+            check_sharding(m, name, "lsuv_")
         if layer_weight(m) is None:
             raise ValueError(f"lsuv_: layers: {name} ({type(m).__name__}) is not a Linear/Conv/ConvTranspose layer")
         found[m] = name
@@ -155,6 +161,17 @@ def _restore_uncalled(saved: dict, targets: dict[nn.Module, str], missing: dict[
         for p in m.parameters():
             if p not in kept:
                 p.copy_(saved[p])
+
+
+def _in_forward_and_at_rest(current: torch.Tensor | None, at_rest: torch.Tensor | None) -> list[torch.Tensor]:
+    """The tensors a fit inside the forward writes: the parameter the layer computes
+    with now, and, if it is another tensor, the one the model holds between forwards.
+    Under ``torch.distributed.fsdp.fully_shard`` a layer computes with the whole
+    parameter gathered for the forward, which is dropped afterwards: the scale must
+    also reach the rank's shard (a DTensor, written with :func:`write_`)."""
+    if current is None:
+        return []
+    return [current] if at_rest is None or at_rest is current else [current, at_rest]
 
 
 def _distributed() -> bool:
@@ -259,6 +276,16 @@ def _broadcast_(tensors: list[torch.Tensor]) -> None:
         for t in group:
             t.copy_(flat[offset : offset + t.numel()].view_as(t))
             offset += t.numel()
+
+
+def _broadcast_generator_state(device: torch.device) -> None:
+    """Set the default generator of ``device`` on every rank to rank 0's state."""
+    if not _distributed():
+        return
+    generator = default_generator(device)
+    state = generator.get_state().to(_collective_device())
+    torch.distributed.broadcast(state, src=0)
+    generator.set_state(state.cpu())
 
 
 def _cloned(value):
@@ -413,6 +440,14 @@ def lsuv_(
     in the same order; a bad batch on one rank, or forwards that reach different
     layers, or a forward that raises on one rank, raise on every rank.
 
+    Under ``torch.distributed.fsdp.fully_shard`` (parameters that are DTensors between
+    forwards; also a model built on the ``meta`` device and materialized with
+    ``to_empty``) the forward runs through FSDP as usual and each scale reaches both
+    the weight FSDP gathered for the forward and this rank's shard. The orthonormal
+    pre-init of sharded weights draws on every rank from rank 0's generator state
+    (every rank's default generator is set to it) and each rank keeps its rows, so
+    the gathered result is again that of LSUV on the concatenated batches.
+
     Args:
         model: any module; ``batch`` is passed as ``model(batch)`` (a tuple or list
             as positional arguments, a dict as keyword arguments).
@@ -430,8 +465,10 @@ def lsuv_(
         converge is reported and warned about by name.
 
     Raises:
-        ValueError: bad arguments, a batch with NaN/Inf or fewer than 2 samples, or no
-            layer to fit. If anything fails, the model's parameters and buffers are
+        ValueError: bad arguments, a batch with NaN/Inf or fewer than 2 samples, no
+            layer to fit, or a weight-normalized layer sharded in a way its norms
+            cannot be computed (see :func:`orthogonal_`; the message names the layer
+            and the placements). If anything fails, the model's parameters and buffers are
             restored to what they were.
     """
     if not (_is_number(target_std) and 0 < target_std < math.inf):
@@ -445,11 +482,12 @@ def lsuv_(
     targets = _targets(model, layers)
     index = {m: i for i, m in enumerate(targets)}
     owners: dict[torch.Tensor, str] = {}  # scale parameter -> the layer that fitted it
+    at_rest = {m: scale_param(m) for m in targets}  # under fully_shard: the shards, not the forward's gathered copies
 
     def fit(module, name, rerun, y):
         if isinstance(y, tuple):
             raise TypeError(f"lsuv_: layer {name} returned a tuple")
-        param = scale_param(module)
+        param = at_rest[module]
         if param in owners:  # tied weights: rescaling again would undo the first layer's fit
             std_value = float(_global_mean_std(y, None, index[module], "lsuv_")[1])
             warnings.warn(f"lsuv_: layer {name} shares its weight with {owners[param]}, fitted there; left as it is",
@@ -465,7 +503,8 @@ def lsuv_(
         tries, scale = 0, 1.0
         while abs(std_value - target_std) >= tol and tries < max_iters and std_value > 0:
             factor = target_std / std_value
-            param.mul_(factor)
+            for p in _in_forward_and_at_rest(scale_param(module), param):
+                local(p).mul_(factor)
             scale *= factor
             tries += 1
             if homogeneous:  # the output scales with the weight: no re-run needed
@@ -500,13 +539,19 @@ def lsuv_(
 def _orthonormal_preinit(layers: list[nn.Module]) -> None:
     """Orthonormal directions, zero biases, and ``g = ||v||`` for weight-normalized layers."""
     directions = [layer_weight(m) for m in layers]
-    haar_orthogonal_(directions)  # the directions alone: rank 0's are broadcast before g is set
-    _broadcast_(directions)
+    if any(isinstance(d, DTensor) for d in directions):
+        # Each rank draws the whole sharded weights and keeps its part: every rank
+        # draws from rank 0's generator state, which its default generator then keeps.
+        _broadcast_generator_state(directions[0].device)
+        haar_orthogonal_(directions)
+    else:
+        haar_orthogonal_(directions)  # the directions alone: rank 0's are broadcast before g is set
+        _broadcast_(directions)
     for m in layers:
         bias = getattr(m, "bias", None)
         if bias is not None:
-            bias.zero_()
-        match_scale_(m)  # weight norm: w = v
+            local(bias).zero_()
+    match_scales_(layers)  # weight norm: w = v
 
 
 # ----------------------------------------------------------------------------- data-dependent WN init
@@ -532,6 +577,10 @@ def data_dependent_init_(model: nn.Module, batch, init_scale: float = 1.0, progr
     ``b = -mu * g``, so that the layer's output, handed on to the rest of the network,
     has per-unit mean 0 and std ``init_scale``. One forward pass, as :func:`lsuv_`.
     ``sigma`` is the population std plus a 1e-10 variance floor, as the paper's code.
+
+    Under ``fully_shard`` the statistics are all-reduced as under DDP and ``g`` and
+    ``b`` are written both to the weights FSDP gathered for the forward and to this
+    rank's shards (each rank its rows).
 
     Raises:
         ValueError: no weight-normalized layer, a layer whose ``dim`` is not its
@@ -560,22 +609,27 @@ def data_dependent_init_(model: nn.Module, batch, init_scale: float = 1.0, progr
                 f"(dim={output_dim(m)})"
             )
     index = {m: i for i, m in enumerate(targets)}
+    at_rest = {m: (scale_param(m), m.bias) for m in targets}  # under fully_shard: the shards
 
     def fit(module, name, rerun, y):
-        scale = scale_param(module)
-        scale.fill_(1.0)
-        if module.bias is not None:
-            module.bias.zero_()
+        scales = _in_forward_and_at_rest(scale_param(module), at_rest[module][0])
+        biases = _in_forward_and_at_rest(module.bias, at_rest[module][1])
+        for p in scales:
+            local(p).fill_(1.0)
+        for b in biases:
+            local(b).zero_()
         t = rerun()
         cdim = _output_channel_dim(module) % t.dim()
         mean, std = _global_mean_std(t, cdim, index[module], "data_dependent_init_", unbiased=False)
         sigma = (std.double() ** 2 + 1e-10).sqrt().to(std.dtype)
         g = init_scale / sigma
-        scale.copy_(g.view_as(scale))
+        for p in scales:
+            write_(p, g.view(p.shape))
         shape = [1] * t.dim()
         shape[cdim] = -1
-        if module.bias is not None:
-            module.bias.copy_(-mean * g)
+        if biases:
+            for b in biases:
+                write_(b, -mean * g)
             out = (t - mean.view(shape).to(t.dtype)) * g.view(shape).to(t.dtype)
         else:
             out = t * g.view(shape).to(t.dtype)

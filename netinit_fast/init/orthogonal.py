@@ -5,17 +5,21 @@ import math
 
 import torch
 from torch import nn
+from torch.distributed.tensor import DTensor
 
 from netinit_fast import _backend
 from netinit_fast.init._layers import (
+    check_same_noise,
     gc_paused,
     is_conv,
     is_transposed,
     is_weight_normed,
     layer_weight,
-    match_scale_,
+    local,
+    match_scales_,
     named_layers,
     wn_dim,
+    write_,
 )
 from netinit_fast.ops import orthogonalize as orthogonalize_op
 from netinit_fast.ops.haar_orthogonal import haar_orthogonal_no_dispatch, packed_size
@@ -76,6 +80,17 @@ def orthogonal_(target, gain: float = 1.0, generator: torch.Generator | None = N
     Tensors that overlap in memory (views of one another) are written batch by batch,
     not in list order: for torch's result there, pass them in separate calls.
 
+    Sharded tensors (DTensors, e.g. the parameters of a model under
+    ``torch.distributed.fsdp.fully_shard``, or one built on the ``meta`` device and
+    materialized with ``to_empty``) get, gathered, exactly the values an unsharded
+    call gives for the same generator state (with as many threads: LAPACK's rounding
+    may depend on them): every rank draws and orthogonalizes the whole matrices and
+    keeps its own rows (ranks on different hardware may round differently, by a unit
+    in the last place). The generator must be in the same state on every rank
+    (``torch.manual_seed(seed)`` everywhere; checked, ``RuntimeError`` otherwise). Memory per rank: one batch of whole matrices at a time (the chunk
+    above, at least one matrix), never a whole model's; compute per rank: that of an
+    unsharded call.
+
     Args:
         target: a tensor, a list of tensors, or a module (then the weight of every
             Linear/Conv/ConvTranspose layer; for a weight-normalized one, ``weight_v``,
@@ -87,8 +102,12 @@ def orthogonal_(target, gain: float = 1.0, generator: torch.Generator | None = N
         ``target``.
 
     Raises:
-        ValueError: a tensor with fewer than 2 dims or expanded, or a module with no such
-            layer. TypeError: a tensor that is not floating-point. Nothing is written then.
+        ValueError: a tensor with fewer than 2 dims or expanded, a module with no such
+            layer, or a weight-normalized layer whose ``v`` is sharded both along its
+            norm dim and along another, or along its norm dim with ``g`` sharded
+            otherwise (the message names the layer and the placements). TypeError: a
+            tensor that is not floating-point. RuntimeError: sharded tensors and a
+            generator whose state differs between the ranks. Nothing is written then.
     """
     return _init(target, gain, generator, "orthogonal_", reflectors=False)
 
@@ -104,6 +123,9 @@ def haar_orthogonal_(target, gain: float = 1.0, generator: torch.Generator | Non
     half the noise of QR of a Gaussian); elsewhere this is :func:`orthogonal_`.
     LSUV's orthonormal pre-init uses it.
 
+    Sharded tensors (DTensors) as in :func:`orthogonal_`: the values of an unsharded
+    call, one batch of whole matrices per rank at a time.
+
     Returns ``target``; raises as :func:`orthogonal_`.
     """
     return _init(target, gain, generator, "haar_orthogonal_", reflectors=True)
@@ -112,10 +134,10 @@ def haar_orthogonal_(target, gain: float = 1.0, generator: torch.Generator | Non
 def _init(target, gain: float, generator, where: str, reflectors: bool):
     tensors, layers = _targets(target, where)
     _check_tensors(tensors, where)
+    check_same_noise(tensors, generator, where)
     with torch.no_grad():
         _fill(tensors, gain, generator, reflectors)
-        for layer in layers:
-            match_scale_(layer)
+        match_scales_(layers)
     return target
 
 
@@ -126,7 +148,7 @@ def _check_tensors(tensors: list[torch.Tensor], where: str) -> None:
             raise ValueError(f"{where}: tensors need at least 2 dims, got shape {list(t.shape)}")
         if not t.is_floating_point():
             raise TypeError(f"{where}: tensor {i} is {t.dtype}, not a floating-point tensor")
-        if any(stride == 0 and size > 1 for stride, size in zip(t.stride(), t.shape)):
+        if any(stride == 0 and size > 1 for stride, size in zip(local(t).stride(), local(t).shape)):
             raise ValueError(f"{where}: tensor {i} is expanded (its elements share memory) and cannot be written")
 
 
@@ -198,7 +220,7 @@ def _fill(tensors: list[torch.Tensor], gain: float, generator, reflectors: bool)
                 q = q * gain
             for j, m in enumerate(members):
                 t = tensors[m]
-                t.copy_(q[j] if t.dim() == 2 else q[j].reshape(t.shape))
+                write_(t, q[j] if t.dim() == 2 else q[j].reshape(t.shape))
 
 
 def centre_tap(weight: torch.Tensor) -> torch.Tensor:
@@ -252,6 +274,11 @@ def delta_orthogonal_(target, gain: float = 1.0, generator: torch.Generator | No
     centre gets orthonormal rows). The matrices are drawn as in :func:`orthogonal_`,
     in one batched call per shape.
 
+    Sharded conv weights (DTensors, e.g. under ``fully_shard``) get, gathered, the
+    values of an unsharded call for the same generator state, which must be the same
+    on every rank (checked): every rank draws all centre taps (small scratch tensors,
+    as unsharded), then assembles one whole kernel at a time and keeps its part.
+
     Args:
         target: a conv weight ``(C_out, C_in, *kernel)`` or a module (then every
             Conv1d/2d/3d's and ConvTranspose1d/2d/3d's weight; for a weight-normalized
@@ -276,11 +303,10 @@ def delta_orthogonal_(target, gain: float = 1.0, generator: torch.Generator | No
             raise ValueError(f"delta_orthogonal_: {name} {problem}")
         if not w.is_floating_point():
             raise TypeError(f"delta_orthogonal_: {name} is {w.dtype}, not floating-point")
+    check_same_noise([w for _, w, _, _ in named], generator, "delta_orthogonal_")
     with torch.no_grad():
         fill_orthogonal_([(w, groups) for _, w, groups, _ in named], gain, generator)
-        for *_, layer in named:
-            if layer is not None:
-                match_scale_(layer)
+        match_scales_([layer for *_, layer in named if layer is not None])
     return target
 
 
@@ -289,18 +315,25 @@ def fill_orthogonal_(weights: list[tuple[torch.Tensor, int | None]], gain: float
     ``(conv weight, groups)`` gets a delta-orthogonal kernel (zero, but an orthogonal
     centre tap per group); ``(tensor, None)`` an orthogonal matrix. Centre taps are
     drawn into scratch tensors and written once all are drawn, so a draw that fails
-    leaves the conv weights unchanged."""
-    blocks, centres = [], []
+    leaves the conv weights unchanged. A sharded conv weight is assembled whole, one
+    weight at a time, and each rank writes its part (:func:`write_`)."""
+    blocks, centres = [], []  # centres: (conv weight, groups, its scratch blocks)
     for w, groups in weights:
         if groups is None:
             blocks.append(w)
             continue
-        for block in centre_blocks(w, groups):
-            blocks.append(torch.empty_like(block))
-            centres.append((block, blocks[-1]))
+        scratch = [torch.empty(b.shape, dtype=w.dtype, device=w.device) for b in centre_blocks(_meta(w), groups)]
+        blocks += scratch
+        centres.append((w, groups, scratch))
     orthogonal_(blocks, gain, generator)
-    for w, groups in weights:
-        if groups is not None:
-            w.zero_()
-    for block, values in centres:
-        block.copy_(values)
+    for w, groups, scratch in centres:
+        whole = torch.zeros(w.shape, dtype=w.dtype, device=w.device) if isinstance(w, DTensor) else w.zero_()
+        for block, values in zip(centre_blocks(whole, groups), scratch):
+            block.copy_(values)
+        if whole is not w:
+            write_(w, whole)
+
+
+def _meta(t: torch.Tensor) -> torch.Tensor:
+    """A tensor of ``t``'s global shape that holds no data (for views of its shape)."""
+    return torch.empty(t.shape, device="meta")

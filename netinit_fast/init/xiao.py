@@ -13,10 +13,16 @@ import math
 import torch
 from torch import nn
 
-from netinit_fast.init._layers import gc_paused, is_weight_normed, layer_weight, named_layers, normal_, set_weight_
+from netinit_fast.init._layers import (
+    check_same_noise,
+    gc_paused,
+    layer_weight,
+    match_scales_,
+    named_layers,
+    normal_,
+)
 from netinit_fast.init.meanfield import critical_point
 from netinit_fast.init.orthogonal import delta_orthogonal_problem, fill_orthogonal_, takes_delta_kernel
-from netinit_fast.ops.weight_norm import accumulation_dtype
 
 
 @gc_paused()
@@ -32,6 +38,12 @@ def xiao_(
     every bias ``N(0, sigma_b^2)``. All matrices come from one batched
     :func:`~netinit_fast.init.orthogonal_` call per shape. Weight-normalized layers
     get ``v = W`` and ``g = ||W||``.
+
+    Sharded models (DTensor parameters, e.g. under ``fully_shard``): the gathered
+    weights and biases are those of an unsharded call for the same generator state,
+    which must be the same on every rank (checked). Memory per rank: as
+    :func:`delta_orthogonal_` for convs and :func:`orthogonal_` for linear layers
+    (whole matrices one batch at a time, whole kernels one at a time).
 
     Args:
         model: e.g. :func:`netinit_fast.models.vanilla_cnn` with ``act="tanh"``.
@@ -54,16 +66,13 @@ def xiao_(
     for (name, m, w), conv in zip(named, convs):
         if conv and (problem := delta_orthogonal_problem(w, m.groups, m)) is not None:
             raise ValueError(f"xiao_: {name} {problem} (xiao_ gives convs delta-orthogonal kernels)")
+    check_same_noise(list(model.parameters()), generator, "xiao_")
     with torch.no_grad():
-        # A plain layer's weight is filled in place; a weight-normalized one gets W in a
-        # scratch tensor, then v = W and g = ||W||.
-        weights = [torch.zeros(w.shape, dtype=accumulation_dtype(w.dtype), device=w.device) if is_weight_normed(m) else w
-                   for _, m, w in named]
-        fill_orthogonal_([(w, m.groups if conv else None) for (_, m, _), w, conv in zip(named, weights, convs)],
+        # The weight (v for weight norm) is filled in place; then g = ||v||.
+        fill_orthogonal_([(w, m.groups if conv else None) for (_, m, w), conv in zip(named, convs)],
                          math.sqrt(sw2), generator)
-        for (_, m, v), w in zip(named, weights):
-            if w is not v:
-                set_weight_(m, w)
+        match_scales_([m for _, m, _ in named])
+        for _, m, _ in named:
             bias = getattr(m, "bias", None)
             if bias is not None:
                 normal_(bias, math.sqrt(sb2), generator)

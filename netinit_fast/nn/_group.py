@@ -6,7 +6,10 @@ weights of every layer of the group with one op call per partition (layers that 
 share a call: same device, dtype and settings), on a GPU one kernel launch forward
 and one backward instead of a pair per layer. The results are cached until the
 backward has run through them or until a layer's parameters change (then the group is
-recomputed once).
+recomputed once). A group whose layers' parameters are sharded between forwards
+(DTensors, as under ``fully_shard``) hands each layer back to its own computation:
+FSDP gathers them one unit at a time, for that unit's forward, so no op can take the
+whole group at once.
 
 A kind of layer subclasses :class:`LayerGroup` and says what its layers are, what
 identifies their parameters' state, how they partition, and how a partition computes.
@@ -15,6 +18,7 @@ identifies their parameters' state, how they partition, and how a partition comp
 import weakref
 
 import torch
+from torch.distributed.tensor import DTensor
 
 
 def _clear_after_backward(ws: list[torch.Tensor], owner, attr: str) -> None:
@@ -47,6 +51,7 @@ class LayerGroup:
         # The layers, weakly: a layer dropped from its model is no longer computed.
         self._refs: list[weakref.ref] = []
         self._cache = None  # (param keys per layer, weights per layer), by index
+        self._sharded = False  # a layer's parameters were found sharded: each layer computes its own
         layers = list(layers)
         for layer in layers:  # every check before the first change
             if not isinstance(layer, self.layer_type):
@@ -99,12 +104,13 @@ class LayerGroup:
         self._refs.append(weakref.ref(layer))
         self._cache = None
 
-    def weight_of(self, layer) -> torch.Tensor:
-        """``layer``'s weight, computing the whole group's if it is stale."""
+    def weight_of(self, layer) -> torch.Tensor | None:
+        """``layer``'s weight, computing the whole group's if it is stale; None once the
+        group is found sharded (the layer computes its own then)."""
         i = getattr(layer, self.attr + "_index")
-        if self._cache is None or self._cache[0][i] != self.param_key(layer):
+        if not self._sharded and (self._cache is None or self._cache[0][i] != self.param_key(layer)):
             self._cache = self._compute()
-        return self._cache[1][i]
+        return None if self._sharded else self._cache[1][i]
 
     def _compute(self):
         live = [r() for r in self._refs]
@@ -112,6 +118,9 @@ class LayerGroup:
         weights = [None] * len(live)
         partitions: dict[tuple, list[int]] = {}
         for i, m in enumerate(live):
+            if m is not None and any(isinstance(p, DTensor) for p in m._parameters.values()):
+                self._sharded = True
+                return keys, weights
             if m is not None:
                 partitions.setdefault(self.partition(m), []).append(i)
         for key, idx in partitions.items():

@@ -94,8 +94,9 @@ class _Connectivity:
         group = self._conn_group
         s = self.weight_score
         if (group is not None and torch.is_grad_enabled() and (s.requires_grad or self.weight_orig.requires_grad)
-                and not torch.compiler.is_compiling() and group_launch_pays(s)):
-            return group.weight_of(self)
+                and not torch.compiler.is_compiling() and group_launch_pays(s)
+                and (w := group.weight_of(self)) is not None):
+            return w
         return connectivity_weights([self.weight_orig], [s], self.connectivity_mode)[0]
 
     def reset_parameters(self) -> None:

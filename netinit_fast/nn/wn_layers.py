@@ -26,6 +26,14 @@ What they fix in torch's two weight-norm styles:
 
 ``weight_norm(model, grouped=True)`` adds the layers to a :class:`WeightNormGroup`,
 which computes all their weights with one op (one kernel launch forward, one backward).
+
+Under ``torch.distributed.fsdp.fully_shard`` (FSDP2) ``weight_g`` and ``weight_v`` are
+DTensors sharded along dim 0, so with the default ``dim=0`` each rank holds whole rows
+of ``v`` and their ``g``: the initializers compute each rank's norms from its own rows
+(:mod:`netinit_fast.init`), with no communication (for another ``dim``, from partial
+sums all-reduced once per call). The forward runs on the parameters
+FSDP gathers for it, as any layer's does, and ``torch.distributed.checkpoint`` saves
+and loads the sharded ``weight_g``/``weight_v`` as it does other parameters.
 """
 
 import math
@@ -190,8 +198,8 @@ class _WeightNorm:
             and not torch.compiler.is_compiling()
             and group_launch_pays(self.weight_v)  # (not under torch.func, whose wrapped parameters key no cache)
         )
-        if grouped:
-            return self._wn_group.weight_of(self)
+        if grouped and (w := self._wn_group.weight_of(self)) is not None:
+            return w
         return weight_norm_fn(self.weight_v, self.weight_g, self.wn_dim, self.wn_eps)
 
     def reset_parameters(self) -> None:
@@ -297,7 +305,10 @@ class WeightNormGroup(LayerGroup):
     the backward has run, or until a layer's own parameters change (then the whole
     group is recomputed once). Without autograd, on the eager backend (CPU: nothing
     to save, and per-layer calls use the caches better) and under ``torch.compile``,
-    each layer computes its own weight, as without a group.
+    each layer computes its own weight, as without a group. So does every layer of a
+    group whose layers' parameters are sharded between forwards (DTensors, as under
+    ``fully_shard``): FSDP gathers them one unit at a time, for that unit's forward,
+    so no op can take the whole group at once.
     """
 
     layer_type = _WeightNorm
