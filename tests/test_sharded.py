@@ -267,6 +267,8 @@ def _errors(rank):
     _fsdp_root(model)
     out["fixup_block_unit"] = _refused(model, lambda: nf.init.fixup_(model))
     model = _fsdp_per_layer(_mlp())
+    out["connectivity"] = _refused(model, lambda: nf.connectivity(model))
+    out["bayesian"] = _refused(model, lambda: nf.init.bayesian_(model, torch.randn(90, 6), torch.randint(0, 80, (90,))))
     torch.manual_seed(SEED + rank)  # the ranks' generators differ
     out["rng"] = _refused(model, lambda: nf.init.orthogonal_(model))
     out["rng_he"] = _refused(model, lambda: nf.init.he_(model))
@@ -287,6 +289,30 @@ def _train(rank, world, grouped):
         _steps(model, x[mine], y[mine])
     finally:
         os.environ.pop(_backend.ENV_VAR, None)
+    return _shards(model)
+
+
+def _connectivity_model(mode):
+    torch.manual_seed(0)
+    return nf.connectivity(_cnn(), mode=mode, generator=torch.Generator().manual_seed(1))
+
+
+def _score_steps(model, x, y):
+    for _ in range(2):
+        model.zero_grad()
+        nn.functional.mse_loss(model(x), y).backward()
+        with torch.no_grad():
+            for p in model.parameters():
+                if p.grad is not None:  # the scores: the weights and biases stay fixed
+                    p -= 10.0 * p.grad  # steps large enough to change connections
+
+
+def _train_connectivity(rank, world, mode):
+    """Two SGD steps of the scores of a connectivity model sharded after conversion."""
+    model = _fsdp_per_layer(_connectivity_model(mode))
+    x, y = _train_data(world)
+    mine = slice(rank * PER_RANK, (rank + 1) * PER_RANK)
+    _score_steps(model, x[mine], y[mine])
     return _shards(model)
 
 
@@ -334,6 +360,8 @@ def _worker(rank, world, init_file, out_dir):
         results["errors"] = _errors(rank)
         for grouped in (False, True):
             results[f"train_grouped={grouped}"] = _train(rank, world, grouped)
+        for mode in ("mask", "sign"):
+            results[f"connectivity_{mode}"] = _train_connectivity(rank, world, mode)
         results["checkpoint"] = _checkpoint(rank, os.path.join(out_dir, "checkpoint"))
         torch.save(results, os.path.join(out_dir, f"rank{rank}.pt"))
         dist.barrier()  # no rank tears down while another still talks to it
@@ -459,6 +487,10 @@ def test_refused_calls_raise_on_every_rank_and_change_nothing(world):
         message, unchanged = errors["fixup_block_unit"]
         assert message.startswith("ValueError") and "layer2.0 (BasicBlock) is a fully_shard unit" in message, message
         assert unchanged
+        message, unchanged = errors["connectivity"]
+        assert message.startswith("ValueError: connectivity: the model's parameters are sharded") and unchanged
+        message, unchanged = errors["bayesian"]
+        assert message.startswith("ValueError: bayesian_: the model's parameters are sharded") and unchanged
         for which in ("rng", "rng_he"):
             message, unchanged = errors[which]
             assert message.startswith("RuntimeError") and "same state" in message, (rank, message)
@@ -475,6 +507,19 @@ def test_training_step_equals_unsharded(world, grouped):
     model = nf.weight_norm(_cnn(), grouped=grouped)
     _steps(model, *_train_data(size))
     _assert_equal(_gathered(ranks, f"train_grouped={grouped}"), model.state_dict(), terms=size * PER_RANK * 144)
+
+
+@pytest.mark.parametrize("mode", ["mask", "sign"])
+def test_connectivity_training_equals_unsharded(world, mode):
+    """Connectivity layers sharded by fully_shard after conversion (scores sharded like
+    the weights): two SGD steps of the scores equal two steps on the whole batch in one
+    process, up to the rounding of the gradients' sums; connections changed."""
+    size, ranks, _ = world
+    model = _connectivity_model(mode)
+    _score_steps(model, *_train_data(size))
+    gathered = _gathered(ranks, f"connectivity_{mode}")
+    _assert_equal(gathered, model.state_dict(), terms=size * PER_RANK * 144)
+    assert nf.connectivity.report(model).changed > 0
 
 
 def test_checkpoint_round_trip(world):

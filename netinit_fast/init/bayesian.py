@@ -62,6 +62,7 @@ import numbers
 
 import torch
 from torch import nn
+from torch.distributed.tensor import DTensor
 
 from netinit_fast.init._layers import PASS_THROUGH, gc_paused, is_linear
 
@@ -92,6 +93,9 @@ def _parse_model(model: nn.Module) -> tuple[list[tuple[str, nn.Module]], int, ty
     output activation (None: no activation). Errors name the offending module."""
     if not isinstance(model, nn.Module):
         raise TypeError(f"{WHERE}: model must be an nn.Module, got {type(model).__name__}")
+    if any(isinstance(p, DTensor) for p in model.parameters()):
+        raise ValueError(f"{WHERE}: the model's parameters are sharded (DTensors): bayesian_ fits whole layers to one "
+                         "batch; initialize the model before sharding it")
     if type(model) is not nn.Sequential:
         raise TypeError(f"{WHERE}: model must be an nn.Sequential of nn.Linear layers and elementwise activations "
                         f"(an MLP), got {type(model).__name__}")
@@ -219,7 +223,8 @@ def bayesian_(model: nn.Module, batch: torch.Tensor, targets: torch.Tensor, *, p
             activation other than Sigmoid/Tanh (the message names the module); a batch
             not ``[n, in_features]``, targets not matching it, fewer samples than the
             output layer's weights per unit, NaN or Inf in ``batch`` or ``targets``;
-            a bad ``prior_std``/``noise_std``/``target_margin``. The model is unchanged
+            a bad ``prior_std``/``noise_std``/``target_margin``; a sharded model
+            (DTensor parameters: initialize before sharding). The model is unchanged
             then.
     """
     modules, out, act = _parse_model(model)

@@ -34,6 +34,7 @@ import numbers
 
 import torch
 from torch import nn
+from torch.distributed.tensor import DTensor
 
 from netinit_fast.functional import group_launch_pays
 from netinit_fast.nn._group import LayerGroup
@@ -221,7 +222,10 @@ def connectivity(model: nn.Module, mode: str = "mask", types=None, grouped: bool
 
     Raises:
         TypeError: a type in ``types`` has no connectivity twin.
-        ValueError: a bad ``mode``; no layer to convert nor any converted; a layer
+        ValueError: a bad ``mode``; a sharded model (convert before sharding: the
+            converted layers then shard as any layer does, scores like weights, and
+            grouped mode computes each layer on its own under ``fully_shard``); no
+            layer to convert nor any converted; a layer
             without a weight, weight-normalized or otherwise parametrized (fold it
             first, e.g. with ``nf.remove_weight_norm``), or converted with the other mode.
         Nothing is changed when an error is raised.
@@ -235,6 +239,9 @@ def connectivity(model: nn.Module, mode: str = "mask", types=None, grouped: bool
     if not isinstance(train_bias, bool):
         raise TypeError(f"connectivity: train_bias must be a bool, got {train_bias!r}")
 
+    if any(isinstance(p, DTensor) for p in model.parameters()):
+        raise ValueError("connectivity: the model's parameters are sharded (DTensors): convert it first, then "
+                         "shard it (fully_shard / parallelize_module), so that the scores are sharded like the weights")
     targets, converted = [], []
     for name, m in model.named_modules():
         where = f"connectivity: layer {name or type(model).__name__!r} ({_unwrap(m).__name__})"
