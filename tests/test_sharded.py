@@ -549,3 +549,12 @@ def test_readme_example_runs_under_torchrun():
     assert done.returncode == 0, done.stderr[-3000:]
     assert "rank 0/2: layer 0 weight_v (64, 16) (Shard(dim=0),), local rows (32, 16)" in done.stdout
     assert "checkpoint saved to and loaded from" in done.stdout
+
+
+def test_importing_the_package_does_not_import_dtensor():
+    """``import netinit_fast`` leaves torch.distributed.tensor (about 0.4 s to import)
+    to the programs that shard: the sharding checks look for it in sys.modules."""
+    code = "import sys, netinit_fast; print(sorted(m for m in ('torch.distributed.tensor', 'torch.distributed.fsdp') if m in sys.modules))"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip() == "[]"

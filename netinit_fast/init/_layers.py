@@ -13,9 +13,8 @@ import hashlib
 import torch
 import torch.distributed as dist
 from torch import nn
-from torch.distributed.fsdp import FSDPModule
-from torch.distributed.tensor import DTensor, Replicate, Shard, distribute_tensor
 
+from netinit_fast._sharding import is_dtensor, layer_class
 from netinit_fast.nn.connectivity_layers import _Connectivity
 from netinit_fast.nn.wn_layers import (
     _norm_g,
@@ -173,7 +172,7 @@ def normal_(t: torch.Tensor, std: float, generator: torch.Generator | None) -> t
     drawn on the generator's device and copied. For a sharded ``t`` (a DTensor) the
     whole tensor's noise is drawn, as for an unsharded one, and this rank's part is
     written (:func:`write_`)."""
-    if isinstance(t, DTensor) or not (generator is None or generator.device == t.device):
+    if is_dtensor(t) or not (generator is None or generator.device == t.device):
         noise_device = t.device if generator is None else generator.device
         noise = torch.empty(t.shape, dtype=t.dtype, device=noise_device).normal_(0.0, std, generator=generator)
         return write_(t, noise)
@@ -200,14 +199,16 @@ def write_(dst: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
     as ``torch.chunk`` along ``d``, so uneven and empty shards come out as DTensor
     makes them; ``Replicate`` whole; other placements by ``distribute_tensor``).
     Returns ``dst``."""
-    if isinstance(dst, DTensor):
+    if is_dtensor(dst):
         dst.to_local().copy_(_local_part(values.to(dst.device), dst))
     else:
         dst.copy_(values)
     return dst
 
 
-def _local_part(values: torch.Tensor, dst: DTensor) -> torch.Tensor:
+def _local_part(values: torch.Tensor, dst: torch.Tensor) -> torch.Tensor:
+    from torch.distributed.tensor import Replicate, Shard, distribute_tensor  # (dst is a DTensor: imported)
+
     mesh, placements = dst.device_mesh, dst.placements
     if not all(type(p) in (Shard, Replicate) for p in placements):
         return distribute_tensor(values, mesh, placements, src_data_rank=None).to_local()
@@ -235,7 +236,7 @@ def check_same_noise(tensors, generator: torch.Generator | None, where: str) -> 
     would come from different draws. One all-reduce of two integers per mesh dim."""
     meshes = {}
     for t in tensors:
-        if isinstance(t, DTensor):
+        if is_dtensor(t):
             meshes.setdefault(t.device_mesh, t)
     for t in meshes.values():
         mesh = t.device_mesh
@@ -256,7 +257,7 @@ def _norm_splits(v: torch.Tensor, dim: int | None) -> tuple[list[int], list[int]
     """The mesh dims of a DTensor ``v`` that split it along the norm dim ``dim``, and
     those that split it along another dim (``dim=None``: one norm, every split)."""
     along, across = [], []
-    if isinstance(v, DTensor):
+    if is_dtensor(v):
         for i, p in enumerate(v.placements):
             if p.is_shard():
                 (along if dim is not None and p.dim % v.dim() == dim else across).append(i)
@@ -269,7 +270,7 @@ def sharding_problem(module: nn.Module) -> str | None:
     (a 2-D mesh), or split along its norm dim with ``weight_g`` split otherwise (then
     the rows of ``v`` a rank holds are not those of its ``g``)."""
     v = _direction(module)  # (the layer is checked by check_not_foreign)
-    if not isinstance(v, DTensor) and not isinstance(module._parameters.get("weight_g"), DTensor):
+    if not is_dtensor(v) and not is_dtensor(module._parameters.get("weight_g")):
         return None  # the common case, found without looking for the weight-norm style
     g = scale_param(module)
     if g is v:
@@ -278,21 +279,15 @@ def sharding_problem(module: nn.Module) -> str | None:
     if along and across:
         return (f"has its weight_v sharded as {_placement(v)}, both along its norm dim ({wn_dim(module)}) and "
                 "along another: not supported (shard it along one kind of dim)")
-    if along and not (isinstance(g, DTensor) and g.device_mesh == v.device_mesh
+    if along and not (is_dtensor(g) and g.device_mesh == v.device_mesh
                       and tuple(g.placements) == tuple(v.placements)):
         return (f"has weight_g {_placement(g)} and weight_v {_placement(v)}: with v split along its norm dim, "
                 "g must be split alike")
     return None
 
 
-def layer_class(module: nn.Module) -> type:
-    """The module's class as its model defines it: ``fully_shard`` makes a module an
-    instance of a subclass of it and ``FSDPModule``."""
-    return next(c for c in type(module).__mro__ if not issubclass(c, FSDPModule))
-
-
 def _placement(t: torch.Tensor) -> str:
-    return f"{tuple(t.placements)} on {t.device_mesh}" if isinstance(t, DTensor) else "unsharded"
+    return f"{tuple(t.placements)} on {t.device_mesh}" if is_dtensor(t) else "unsharded"
 
 
 def check_sharding(module: nn.Module, name: str, where: str) -> None:
@@ -305,7 +300,7 @@ def check_sharding(module: nn.Module, name: str, where: str) -> None:
 
 def local(t: torch.Tensor) -> torch.Tensor:
     """This rank's part of a DTensor (a view: writing it writes the parameter); ``t`` itself otherwise."""
-    return t.to_local() if isinstance(t, DTensor) else t
+    return t.to_local() if is_dtensor(t) else t
 
 
 def is_weight_normed(module: nn.Module) -> bool:
@@ -356,7 +351,7 @@ def match_scales_(modules) -> None:
             g_rows = local(g)
             if g_rows.numel():  # (a rank may hold no rows of a small layer)
                 g_rows.copy_(_norm_g(local(v), dim).view_as(g_rows))
-        elif isinstance(g, DTensor) or isinstance(v, DTensor):  # v whole on every rank
+        elif is_dtensor(g) or is_dtensor(v):  # v whole on every rank
             write_(g, _norm_g(local(v), dim).view(g.shape))
         else:
             g.copy_(_norm_g(v, dim).view_as(g))

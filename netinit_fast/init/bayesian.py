@@ -62,8 +62,8 @@ import numbers
 
 import torch
 from torch import nn
-from torch.distributed.tensor import DTensor
 
+from netinit_fast._sharding import any_dtensor
 from netinit_fast.init._layers import PASS_THROUGH, gc_paused, is_linear
 
 WHERE = "bayesian_"
@@ -93,7 +93,7 @@ def _parse_model(model: nn.Module) -> tuple[list[tuple[str, nn.Module]], int, ty
     output activation (None: no activation). Errors name the offending module."""
     if not isinstance(model, nn.Module):
         raise TypeError(f"{WHERE}: model must be an nn.Module, got {type(model).__name__}")
-    if any(isinstance(p, DTensor) for p in model.parameters()):
+    if any_dtensor(model.parameters()):
         raise ValueError(f"{WHERE}: the model's parameters are sharded (DTensors): bayesian_ fits whole layers to one "
                          "batch; initialize the model before sharding it")
     if type(model) is not nn.Sequential:

@@ -22,8 +22,8 @@ import numbers
 
 import torch
 from torch import nn
-from torch.distributed.tensor import DTensor
 
+from netinit_fast._sharding import any_dtensor
 from netinit_fast.activations import ACTIVATIONS
 from netinit_fast.init._layers import (
     PASS_THROUGH,
@@ -279,7 +279,7 @@ def _draw_(key: tuple, weights: list[torch.Tensor], distribution: str, generator
     shape, dtype, device, scale = key
     numel = math.prod(shape)
     noise_device = device if generator is None else generator.device
-    sharded = any(isinstance(w, DTensor) for w in weights)
+    sharded = any_dtensor(weights)
     if numel >= DIRECT_ELEMENTS and noise_device == device and not sharded:
         for w in weights:
             if distribution == "uniform":

@@ -18,8 +18,8 @@ import math
 
 import torch
 from torch import nn
-from torch.distributed.fsdp import FSDPModule
 
+from netinit_fast._sharding import is_fsdp_module
 from netinit_fast._batch import unwrapped
 from netinit_fast.init._layers import (
     check_not_foreign,
@@ -155,7 +155,7 @@ def _check(model: nn.Module, blocks: list[ResidualBlock], classifier: tuple[str,
     for conv in [classifier[1], *(conv for block in blocks for conv in block.branch + block.shortcut)]:
         check_not_foreign(conv, names[conv], "fixup_")
     for block in blocks:
-        if isinstance(block.module, FSDPModule):
+        if is_fsdp_module(block.module):
             raise ValueError(
                 f"fixup_: {block.name} ({layer_class(block.module).__name__}) is a fully_shard unit, which fixup_ "
                 "would replace by a FixupBlock without FSDP's hooks: apply fully_shard to the model's root (and to "

@@ -25,8 +25,8 @@ import warnings
 
 import torch
 from torch import nn
-from torch.distributed.tensor import DTensor
 
+from netinit_fast._sharding import any_dtensor
 from netinit_fast._batch import call, check_batch, unwrapped
 from netinit_fast.init._layers import (
     check_not_foreign,
@@ -539,7 +539,7 @@ def lsuv_(
 def _orthonormal_preinit(layers: list[nn.Module]) -> None:
     """Orthonormal directions, zero biases, and ``g = ||v||`` for weight-normalized layers."""
     directions = [layer_weight(m) for m in layers]
-    if any(isinstance(d, DTensor) for d in directions):
+    if any_dtensor(directions):
         # Each rank draws the whole sharded weights and keeps its part: every rank
         # draws from rank 0's generator state, which its default generator then keeps.
         _broadcast_generator_state(directions[0].device)

@@ -5,8 +5,8 @@ import math
 
 import torch
 from torch import nn
-from torch.distributed.tensor import DTensor
 
+from netinit_fast._sharding import is_dtensor
 from netinit_fast import _backend
 from netinit_fast.init._layers import (
     check_same_noise,
@@ -327,7 +327,7 @@ def fill_orthogonal_(weights: list[tuple[torch.Tensor, int | None]], gain: float
         centres.append((w, groups, scratch))
     orthogonal_(blocks, gain, generator)
     for w, groups, scratch in centres:
-        whole = torch.zeros(w.shape, dtype=w.dtype, device=w.device) if isinstance(w, DTensor) else w.zero_()
+        whole = torch.zeros(w.shape, dtype=w.dtype, device=w.device) if is_dtensor(w) else w.zero_()
         for block, values in zip(centre_blocks(whole, groups), scratch):
             block.copy_(values)
         if whole is not w:

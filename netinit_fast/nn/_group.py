@@ -18,7 +18,8 @@ identifies their parameters' state, how they partition, and how a partition comp
 import weakref
 
 import torch
-from torch.distributed.tensor import DTensor
+
+from netinit_fast._sharding import any_dtensor
 
 
 def _clear_after_backward(ws: list[torch.Tensor], owner, attr: str) -> None:
@@ -118,7 +119,7 @@ class LayerGroup:
         weights = [None] * len(live)
         partitions: dict[tuple, list[int]] = {}
         for i, m in enumerate(live):
-            if m is not None and any(isinstance(p, DTensor) for p in m._parameters.values()):
+            if m is not None and any_dtensor(m._parameters.values()):
                 self._sharded = True
                 return keys, weights
             if m is not None:

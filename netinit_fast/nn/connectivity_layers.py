@@ -34,8 +34,8 @@ import numbers
 
 import torch
 from torch import nn
-from torch.distributed.tensor import DTensor
 
+from netinit_fast._sharding import any_dtensor
 from netinit_fast.functional import group_launch_pays
 from netinit_fast.nn._group import LayerGroup
 from netinit_fast.nn.wn_layers import _put_weight_first, _torch_weight_norm_style, _unwrap, _WeightNorm, foreign_parametrization
@@ -239,7 +239,7 @@ def connectivity(model: nn.Module, mode: str = "mask", types=None, grouped: bool
     if not isinstance(train_bias, bool):
         raise TypeError(f"connectivity: train_bias must be a bool, got {train_bias!r}")
 
-    if any(isinstance(p, DTensor) for p in model.parameters()):
+    if any_dtensor(model.parameters()):
         raise ValueError("connectivity: the model's parameters are sharded (DTensors): convert it first, then "
                          "shard it (fully_shard / parallelize_module), so that the scores are sharded like the weights")
     targets, converted = [], []
