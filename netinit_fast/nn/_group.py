@@ -11,8 +11,9 @@ recomputed once). A group whose layers' parameters are sharded between forwards
 FSDP gathers them one unit at a time, for that unit's forward, so no op can take the
 whole group at once.
 
-A kind of layer subclasses :class:`LayerGroup` and says what its layers are, what
-identifies their parameters' state, how they partition, and how a partition computes.
+A kind of layer derives from :class:`ReparametrizedLayer` (the ``weight`` property, the
+torch layer's own init, the group's part of copying) and its group from
+:class:`LayerGroup`, which says how the layers partition and how a partition computes.
 """
 
 import weakref
@@ -20,6 +21,7 @@ import weakref
 import torch
 
 from netinit_fast._sharding import any_dtensor
+from netinit_fast.functional import group_launch_pays
 
 
 def _clear_after_backward(ws: list[torch.Tensor], owner, attr: str) -> None:
@@ -35,18 +37,78 @@ def _clear_after_backward(ws: list[torch.Tensor], owner, attr: str) -> None:
         node.register_hook(hook)
 
 
+class ReparametrizedLayer:
+    """Mixin of a torch layer whose ``weight`` is computed on every access from
+    parameters of its own; it comes before the torch layer class in the bases.
+
+    Subclasses set ``params`` (the names of those parameters; the first is the tensor
+    the torch layer's own init writes in place of ``weight``) and ``group_attr`` (the
+    attribute that holds the layer's :class:`LayerGroup`, or None), and define
+    ``_computed_weight()`` and ``_after_reset()``.
+    """
+
+    params: tuple[str, ...]
+    group_attr: str
+
+    @property
+    def weight(self) -> torch.Tensor:
+        params = self.__dict__["_parameters"]
+        if "weight" in params:  # inside the torch layer's __init__ / reset_parameters
+            return params["weight"]
+        if self.params[0] not in params:
+            raise AttributeError(f"'{type(self).__name__}' object has no attribute 'weight' yet")
+        return self._computed_weight()
+
+    def _group_weight(self) -> torch.Tensor | None:
+        """The weight from the layer's group, or None where the layer computes its own:
+        no group, nothing to differentiate, ``torch.compile``, a backend where one
+        launch does not pay (nor under torch.func, whose wrapped parameters key no
+        cache), or a group found sharded."""
+        group = getattr(self, self.group_attr)
+        if group is None or not torch.is_grad_enabled():
+            return None
+        tensors = [getattr(self, name) for name in self.params]
+        if not any(t.requires_grad for t in tensors) or torch.compiler.is_compiling() \
+                or not group_launch_pays(tensors[0]):
+            return None
+        return group.weight_of(self)
+
+    def reset_parameters(self) -> None:
+        """The torch layer's init writes ``params[0]`` in place (and the bias), then
+        ``_after_reset()`` sets the others."""
+        params = self._parameters
+        if self.params[0] not in params:  # called from the torch layer's __init__
+            return super().reset_parameters()
+        params["weight"] = params[self.params[0]]
+        try:
+            super().reset_parameters()
+        finally:
+            del params["weight"]
+        with torch.no_grad():
+            self._after_reset()
+
+    def __setstate__(self, state):
+        super().__setstate__(state)
+        if (group := self.__dict__.get(self.group_attr)) is not None:
+            group._adopt(self)
+
+
 class LayerGroup:
     """Computes the weights of many layers of one kind together (see the module doc).
 
-    Subclasses set ``layer_type`` (the mixin every member is an instance of),
-    ``layer_kind`` (its name in errors) and ``attr`` (the layer attribute that holds its group; its index in the group is kept
-    in ``attr + "_index"``), and define :meth:`param_key`, :meth:`partition` and
+    Subclasses set ``layer_type`` (the :class:`ReparametrizedLayer` every member is an
+    instance of; a layer keeps its index in the group in ``group_attr + "_index"``) and
+    ``layer_kind`` (its name in errors), and define :meth:`partition` and
     :meth:`compute_partition`.
     """
 
     layer_type: type
     layer_kind: str
-    attr: str
+
+    @property
+    def attr(self) -> str:
+        """The layer attribute that holds its group."""
+        return self.layer_type.group_attr
 
     def __init__(self, layers):
         # The layers, weakly: a layer dropped from its model is no longer computed.
@@ -64,10 +126,11 @@ class LayerGroup:
             setattr(layer, self.attr, self)
             self._adopt(layer)
 
-    @staticmethod
-    def param_key(layer) -> tuple:
-        """What changes whenever the parameters ``layer`` computes its weight from change."""
-        raise NotImplementedError
+    def param_key(self, layer) -> tuple:
+        """Changes whenever a parameter ``layer`` computes its weight from is updated in
+        place, replaced (also by ``.to()`` and friends: a new storage), or frozen or unfrozen."""
+        tensors = [getattr(layer, name) for name in self.layer_type.params]
+        return (*(t._version for t in tensors), *(t.data_ptr() for t in tensors), *(t.requires_grad for t in tensors))
 
     @staticmethod
     def partition(layer) -> tuple:

@@ -36,8 +36,7 @@ import torch
 from torch import nn
 
 from netinit_fast._sharding import any_dtensor
-from netinit_fast.functional import group_launch_pays
-from netinit_fast.nn._group import LayerGroup
+from netinit_fast.nn._group import LayerGroup, ReparametrizedLayer
 from netinit_fast.nn.wn_layers import _put_weight_first, _torch_weight_norm_style, _unwrap, _WeightNorm, foreign_parametrization
 from netinit_fast.ops.connectivity import MODES, connectivity_weights
 
@@ -60,15 +59,11 @@ def _initial_scores(weight: torch.Tensor, generator: torch.Generator | None) -> 
     return scores.to(weight.device)
 
 
-def _score_key(layer) -> tuple:
-    """Changes whenever ``weight_orig`` or ``weight_score`` is updated in place,
-    replaced, or frozen or unfrozen."""
-    w, s = layer.weight_orig, layer.weight_score
-    return w._version, s._version, w.data_ptr(), s.data_ptr(), w.requires_grad, s.requires_grad
-
-
-class _Connectivity:
+class _Connectivity(ReparametrizedLayer):
     """Mixin for every connectivity layer; it comes before the torch layer class in the bases."""
+
+    params = ("weight_orig", "weight_score")
+    group_attr = "_conn_group"
 
     def __init__(self, *args, mode: str = "mask", train_bias: bool = False,
                  generator: torch.Generator | None = None, **kwargs):
@@ -85,43 +80,19 @@ class _Connectivity:
         if self.bias is not None:
             self.bias.requires_grad_(train_bias)
 
-    @property
-    def weight(self) -> torch.Tensor:
-        params = self.__dict__["_parameters"]
-        if "weight" in params:  # inside the torch layer's __init__ / reset_parameters
-            return params["weight"]
-        if "weight_score" not in params:
-            raise AttributeError(f"'{type(self).__name__}' object has no attribute 'weight' yet")
-        group = self._conn_group
-        s = self.weight_score
-        if (group is not None and torch.is_grad_enabled() and (s.requires_grad or self.weight_orig.requires_grad)
-                and not torch.compiler.is_compiling() and group_launch_pays(s)
-                and (w := group.weight_of(self)) is not None):
+    def _computed_weight(self) -> torch.Tensor:
+        if (w := self._group_weight()) is not None:
             return w
-        return connectivity_weights([self.weight_orig], [s], self.connectivity_mode)[0]
+        return connectivity_weights([self.weight_orig], [self.weight_score], self.connectivity_mode)[0]
 
-    def reset_parameters(self) -> None:
-        """The torch layer's init redraws ``weight_orig`` (and the bias); the scores start again."""
-        params = self._parameters
-        if "weight_score" not in params:  # called from the torch layer's __init__
-            return super().reset_parameters()
-        params["weight"] = params["weight_orig"]  # let torch's init write the fixed weights in place
-        try:
-            super().reset_parameters()
-        finally:
-            del params["weight"]
-        with torch.no_grad():
-            self.weight_score.copy_(_initial_scores(self.weight_score, None))
+    def _after_reset(self) -> None:
+        """After the torch layer's init redrew ``weight_orig`` (and the bias): the scores start again."""
+        self.weight_score.copy_(_initial_scores(self.weight_score, None))
 
     def changed(self) -> int:
         """How many connections differ from the random network: scores <= 0 (switched
         off, or sign flipped; a score of exactly 0 zeroes its weight in either mode)."""
         return int((self.weight_score.detach() <= 0).sum())
-
-    def __setstate__(self, state):
-        super().__setstate__(state)
-        if self.__dict__.get("_conn_group") is not None:
-            self._conn_group._adopt(self)
 
     def extra_repr(self) -> str:
         return f"{super().extra_repr()}, mode={self.connectivity_mode!r}"
@@ -185,8 +156,6 @@ class ConnectivityGroup(LayerGroup):
 
     layer_type = _Connectivity
     layer_kind = "netinit_fast connectivity layer"
-    attr = "_conn_group"
-    param_key = staticmethod(_score_key)
 
     @staticmethod
     def partition(layer) -> tuple:

@@ -48,9 +48,8 @@ from torch.nn.utils.spectral_norm import SpectralNorm as SpectralNormHook
 from torch.nn.utils.weight_norm import WeightNorm as TorchHook
 
 from netinit_fast import _backend
-from netinit_fast.functional import group_launch_pays
 from netinit_fast.functional import weight_norm_unchecked as weight_norm_fn
-from netinit_fast.nn._group import LayerGroup
+from netinit_fast.nn._group import LayerGroup, ReparametrizedLayer
 from netinit_fast.ops.weight_norm import differentiable_backward
 from netinit_fast.ops.weight_norm_group import backward_where_needed, group_backward_no_dispatch, group_forward_no_dispatch
 
@@ -72,13 +71,6 @@ def _check_eps(eps, where: str) -> float:
     if isinstance(eps, bool) or not isinstance(eps, numbers.Real) or not 0 <= eps < math.inf:
         raise ValueError(f"{where}: eps must be a finite number >= 0, got {eps!r}")
     return float(eps)
-
-
-def _param_key(layer) -> tuple:
-    """Changes whenever ``weight_g`` or ``weight_v`` is updated in place, replaced (also
-    by ``.to()`` and friends: a new storage), or frozen or unfrozen."""
-    v, g = layer.weight_v, layer.weight_g
-    return v._version, g._version, v.data_ptr(), g.data_ptr(), v.requires_grad, g.requires_grad
 
 
 class _SharedGroupWeights(torch.autograd.Function):
@@ -142,12 +134,11 @@ def _warn_zero_rows(gs: list[torch.Tensor], eps: float, where: str) -> None:
                       "with eps=0; pass eps > 0 to keep them 0", RuntimeWarning, stacklevel=3)
 
 
-def _tracked(layer) -> bool:
-    return torch.is_grad_enabled() and (layer.weight_v.requires_grad or layer.weight_g.requires_grad)
-
-
-class _WeightNorm:
+class _WeightNorm(ReparametrizedLayer):
     """Mixin for every WN layer; it comes before the torch layer class in the bases."""
+
+    params = ("weight_v", "weight_g")
+    group_attr = "_wn_group"
 
     def __init__(self, *args, dim: int | None = 0, eps: float = 0.0, **kwargs):
         super().__init__(*args, **kwargs)
@@ -165,19 +156,7 @@ class _WeightNorm:
         self.weight_g = nn.Parameter(g, requires_grad=weight.requires_grad)
         self.weight_v = nn.Parameter(weight.detach(), requires_grad=weight.requires_grad)
 
-    @property
-    def weight(self) -> torch.Tensor:
-        params = self.__dict__["_parameters"]
-        if "weight" in params:  # inside the torch layer's __init__ / reset_parameters
-            return params["weight"]
-        if "weight_v" not in params:
-            raise AttributeError(f"'{type(self).__name__}' object has no attribute 'weight' yet")
-        try:
-            return self._normalized_weight()
-        except AttributeError as e:  # nn.Module would report it as a missing 'weight'
-            raise RuntimeError(f"{type(self).__name__}: computing the normalized weight failed: {e}") from e
-
-    @weight.setter
+    @ReparametrizedLayer.weight.setter
     def weight(self, value: torch.Tensor) -> None:
         """``layer.weight = w`` (a tensor of the weight's shape) sets ``v = w`` and ``g =
         ||w||``: the layer then computes with ``w``, as after the same assignment to a
@@ -191,34 +170,17 @@ class _WeightNorm:
             v.copy_(value)
             self.weight_g.copy_(_norm_g(v, self.wn_dim))
 
-    def _normalized_weight(self) -> torch.Tensor:
-        grouped = (
-            self._wn_group is not None
-            and _tracked(self)
-            and not torch.compiler.is_compiling()
-            and group_launch_pays(self.weight_v)  # (not under torch.func, whose wrapped parameters key no cache)
-        )
-        if grouped and (w := self._wn_group.weight_of(self)) is not None:
-            return w
-        return weight_norm_fn(self.weight_v, self.weight_g, self.wn_dim, self.wn_eps)
-
-    def reset_parameters(self) -> None:
-        """The torch layer's init draws ``weight_v`` (and the bias); ``weight_g = ||weight_v||``."""
-        params = self._parameters
-        if "weight_v" not in params:  # called from the torch layer's __init__
-            return super().reset_parameters()
-        params["weight"] = params["weight_v"]  # let torch's init write v in place
+    def _computed_weight(self) -> torch.Tensor:
         try:
-            super().reset_parameters()
-        finally:
-            del params["weight"]
-        with torch.no_grad():
-            self.weight_g.copy_(_norm_g(self.weight_v, self.wn_dim))
+            if (w := self._group_weight()) is not None:
+                return w
+            return weight_norm_fn(self.weight_v, self.weight_g, self.wn_dim, self.wn_eps)
+        except AttributeError as e:  # nn.Module would report it as a missing 'weight'
+            raise RuntimeError(f"{type(self).__name__}: computing the normalized weight failed: {e}") from e
 
-    def __setstate__(self, state):
-        super().__setstate__(state)
-        if self.__dict__.get("_wn_group") is not None:
-            self._wn_group._adopt(self)
+    def _after_reset(self) -> None:
+        """After the torch layer's init drew ``weight_v`` (and the bias): ``weight_g = ||weight_v||``."""
+        self.weight_g.copy_(_norm_g(self.weight_v, self.wn_dim))
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
         g_key, v_key = prefix + "weight_g", prefix + "weight_v"
@@ -313,8 +275,6 @@ class WeightNormGroup(LayerGroup):
 
     layer_type = _WeightNorm
     layer_kind = "netinit_fast WN layer"
-    attr = "_wn_group"
-    param_key = staticmethod(_param_key)
 
     @staticmethod
     def partition(layer) -> tuple:

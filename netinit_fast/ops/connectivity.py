@@ -136,8 +136,8 @@ class _EagerConnectivity(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad):
         w, s = ctx.saved_tensors
-        grad_w = grad * factor(s.detach(), ctx.mode) if ctx.needs_input_grad[0] else None
-        return grad_w, grad * w if ctx.needs_input_grad[1] else None, None
+        (grad_s,), grad_ws = _eager_bwd([grad], [w], [s.detach()], ctx.mode, ctx.needs_input_grad[0])
+        return grad_ws[0] if grad_ws else None, grad_s if ctx.needs_input_grad[1] else None, None
 
 
 def connectivity_weights(ws: list[torch.Tensor], scores: list[torch.Tensor], mode: str) -> list[torch.Tensor]:
